@@ -1,0 +1,105 @@
+"""Configuration from the environment, in one place, for the web process and the worker alike."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else float(raw)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service. `from_env()` is the only place that reads the environment."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    port: int = 8000
+    # Prefixes every Redis key, pub/sub channel and Celery queue, so two deployments can share one
+    # Redis (channels ignore database numbers, so a database number alone would not separate them).
+    key_prefix: str = "taskstream"
+    # How long a task and its change log are kept after its latest change.
+    task_ttl_seconds: int = 86_400
+    # How many of a task's latest changes are kept for replay (the contract asks for >= 1000).
+    events_retained: int = 1_000
+    # How many changes across all tasks are kept for resuming `GET /events`.
+    global_events_retained: int = 10_000
+    keepalive_seconds: float = 15.0
+    # What the stream tells EventSource to wait before reconnecting, in milliseconds.
+    sse_retry_ms: int = 2_000
+    # Changes buffered in memory per stream before it falls back to reading the stored log.
+    stream_buffer: int = 64
+    max_body_bytes: int = 64 * 1024
+    list_limit_max: int = 200
+    # Seconds after which an unacknowledged task message is handed to another worker. A task whose
+    # worker died is run again after this long; tasks must finish well within it.
+    visibility_timeout_seconds: int = 3_600
+    # Hard and soft limits for one run of a task (0 = none).
+    task_time_limit_seconds: float = 0.0
+    task_soft_time_limit_seconds: float = 0.0
+    worker_concurrency: int = 0
+    expose_tracebacks: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": os.environ.get("REDIS_URL") or cls.redis_url,
+            "port": _env_int("PORT", cls.port),
+            "key_prefix": os.environ.get("KEY_PREFIX") or cls.key_prefix,
+            "task_ttl_seconds": _env_int("TASK_TTL_SECONDS", cls.task_ttl_seconds),
+            "events_retained": _env_int("EVENTS_RETAINED", cls.events_retained),
+            "global_events_retained": _env_int(
+                "GLOBAL_EVENTS_RETAINED", cls.global_events_retained
+            ),
+            "keepalive_seconds": _env_float("KEEPALIVE_SECONDS", cls.keepalive_seconds),
+            "sse_retry_ms": _env_int("SSE_RETRY_MS", cls.sse_retry_ms),
+            "stream_buffer": _env_int("STREAM_BUFFER", cls.stream_buffer),
+            "max_body_bytes": _env_int("MAX_BODY_BYTES", cls.max_body_bytes),
+            "list_limit_max": _env_int("LIST_LIMIT_MAX", cls.list_limit_max),
+            "visibility_timeout_seconds": _env_int(
+                "VISIBILITY_TIMEOUT_SECONDS", cls.visibility_timeout_seconds
+            ),
+            "task_time_limit_seconds": _env_float(
+                "TASK_TIME_LIMIT_SECONDS", cls.task_time_limit_seconds
+            ),
+            "task_soft_time_limit_seconds": _env_float(
+                "TASK_SOFT_TIME_LIMIT_SECONDS", cls.task_soft_time_limit_seconds
+            ),
+            "worker_concurrency": _env_int("WORKER_CONCURRENCY", cls.worker_concurrency),
+            "expose_tracebacks": _env_bool("EXPOSE_TRACEBACKS", cls.expose_tracebacks),
+            "log_level": os.environ.get("LOG_LEVEL") or cls.log_level,
+        }
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.events_retained < 1_000:
+            raise ValueError("EVENTS_RETAINED must be at least 1000 (the contract's promise)")
+        if self.keepalive_seconds <= 0 or self.keepalive_seconds > 15:
+            raise ValueError("KEEPALIVE_SECONDS must be in (0, 15]")
+        if self.stream_buffer < 1:
+            raise ValueError("STREAM_BUFFER must be at least 1")
+        if ":" in self.key_prefix or not self.key_prefix:
+            raise ValueError("KEY_PREFIX must be non-empty and contain no ':'")

@@ -1,0 +1,324 @@
+"""The event record: every change of a task gets the next `seq`, is stored and announced at once.
+
+One Lua script does the whole step inside Redis, so no reader can ever see a stored change that
+was not announced, or an announcement whose change is not stored, and two processes changing the
+same task can never hand out the same `seq`. The web process (submission, cancel) and the worker
+(every Celery signal, the progress helper) both record through this module.
+
+A task lives in a hash whose values are JSON texts. The script builds the snapshot JSON by joining
+those texts, so numbers and strings reach clients exactly as Python encoded them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+# The snapshot's fields, in the order clients see them.
+SNAPSHOT_FIELDS = (
+    "id",
+    "task",
+    "state",
+    "seq",
+    "progress",
+    "result",
+    "error",
+    "retries",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "links",
+)
+
+_LUA_SNAPSHOT = (
+    "local FIELDS = {"
+    + ",".join(f"'{name}'" for name in SNAPSHOT_FIELDS)
+    + """}
+local function snapshot(key)
+  local vals = redis.call('HMGET', key, unpack(FIELDS))
+  local parts = {}
+  for i, name in ipairs(FIELDS) do
+    parts[i] = '"' .. name .. '":' .. (vals[i] or 'null')
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+"""
+)
+
+# KEYS: task hash, task log, global counter, global log, recent index
+# ARGV: channel, ttl, retain, global retain, mode, score, n_set, then n_set field/value pairs to
+#       set, then field/value pairs to set only where absent.
+_LUA_RECORD = (
+    _LUA_SNAPSHOT
+    + """
+local task_key, log_key, gseq_key, glog_key, recent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local channel, ttl, retain, gretain, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local exists = redis.call('EXISTS', task_key) == 1
+if mode == 'create' then
+  if exists then return {2, snapshot(task_key)} end
+else
+  if not exists then return {0, false} end
+  local state = redis.call('HGET', task_key, 'state')
+  if state == '"SUCCESS"' or state == '"FAILURE"' or state == '"REVOKED"' then
+    return {3, snapshot(task_key)}
+  end
+end
+local i = 8
+local stop = 8 + 2 * tonumber(ARGV[7])
+while i < stop do
+  redis.call('HSET', task_key, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HSETNX', task_key, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local seq = redis.call('HINCRBY', task_key, 'seq', 1)
+local data = snapshot(task_key)
+redis.call('EXPIRE', task_key, ttl)
+redis.call('XADD', log_key, 'MAXLEN', '~', retain, seq .. '-0', 'd', data)
+redis.call('EXPIRE', log_key, ttl)
+local g = redis.call('INCR', gseq_key)
+redis.call('XADD', glog_key, 'MAXLEN', '~', gretain, g .. '-0', 'd', data)
+if mode == 'create' then
+  local score = tonumber(ARGV[6])
+  redis.call('ZADD', recent_key, score, redis.call('HGET', task_key, 'id'))
+  redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score - tonumber(ttl))
+end
+local header = g .. ' ' .. seq .. ' ' .. redis.call('HGET', task_key, 'id') .. ' '
+  .. redis.call('HGET', task_key, 'state') .. ' ' .. (redis.call('HGET', task_key, 'owner') or '""')
+redis.call('PUBLISH', channel, header .. '\\n' .. data)
+return {1, data, g}
+"""
+)
+
+# KEYS: task hashes. Returns each one's snapshot, or false where it is unknown.
+_LUA_READ = (
+    _LUA_SNAPSHOT
+    + """
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then out[i] = snapshot(key) else out[i] = false end
+end
+return out
+"""
+)
+
+
+def utcnow() -> str:
+    """The moment of a change, in UTC with microseconds, as the contract spells it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def dumps(value: Any) -> str:
+    # One line always: json escapes newlines inside strings, so nothing in a task's output can
+    # break the SSE framing. NaN and Infinity are not JSON and are refused.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis name the service uses, all under one prefix (channels included)."""
+
+    prefix: str
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    def log(self, task_id: str) -> str:
+        return f"{self.prefix}:log:{task_id}"
+
+    @property
+    def global_seq(self) -> str:
+        return f"{self.prefix}:gseq"
+
+    @property
+    def global_log(self) -> str:
+        return f"{self.prefix}:glog"
+
+    @property
+    def recent(self) -> str:
+        return f"{self.prefix}:recent"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}:changes"
+
+
+class Status(IntEnum):
+    UNKNOWN = 0
+    RECORDED = 1
+    EXISTS = 2
+    TERMINAL = 3
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a task: fields to set, and fields to set only if the task has none yet."""
+
+    task_id: str
+    set: dict[str, Any]
+    set_if_absent: dict[str, Any] = field(default_factory=dict)
+    create: bool = False
+    # Creation time as a Unix timestamp, for the recent-tasks index.
+    score: float = 0.0
+    # Stamped by the process that makes the change, as the contract asks.
+    at: str = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    # The snapshot after the change (RECORDED), or as it stands (EXISTS, TERMINAL).
+    data: str | None
+    global_seq: int | None = None
+
+    @property
+    def snapshot(self) -> dict[str, Any] | None:
+        return None if self.data is None else json.loads(self.data)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A change as it arrives on pub/sub: parsed once per web process, shared by every stream."""
+
+    global_seq: int
+    seq: int
+    task_id: str
+    state: str
+    owner: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def parse(cls, message: str) -> Announcement:
+        header, data = message.split("\n", 1)
+        g, seq, task_id, state, owner = header.split(" ", 4)
+        return cls(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner), data)
+
+
+def new_task_fields(
+    task_id: str, task: str, now: str, owner: str = "", extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The fields of a task that was just accepted: PENDING, nothing else known yet."""
+    # Fields not known yet are left absent (they read as null), so `set_if_absent` can fill them.
+    fields = {
+        "id": task_id,
+        "task": task,
+        "state": "PENDING",
+        "retries": 0,
+        "submitted_at": now,
+        "links": {"self": f"/tasks/{task_id}", "events": f"/tasks/{task_id}/events"},
+        "owner": owner,
+    }
+    fields.update(extra or {})
+    return fields
+
+
+class _Base:
+    def __init__(self, client: Any, keys: Keys, ttl: int, retain: int, global_retain: int):
+        self.client = client
+        self.keys = keys
+        self._ttl = ttl
+        self._retain = retain
+        self._global_retain = global_retain
+        self._record = client.register_script(_LUA_RECORD)
+        self._read = client.register_script(_LUA_READ)
+
+    def _record_call(self, change: Change) -> tuple[list[str], list[Any]]:
+        keys = self.keys
+        tid = change.task_id
+        to_set = {**change.set, "updated_at": change.at}
+        args: list[Any] = [
+            keys.channel,
+            self._ttl,
+            self._retain,
+            self._global_retain,
+            "create" if change.create else "update",
+            repr(change.score),
+            len(to_set),
+        ]
+        for pairs in (to_set, change.set_if_absent):
+            for name, value in pairs.items():
+                args += (name, dumps(value))
+        return [keys.task(tid), keys.log(tid), keys.global_seq, keys.global_log, keys.recent], args
+
+    @staticmethod
+    def _outcome(raw: list[Any]) -> Outcome:
+        status = Status(int(raw[0]))
+        data = raw[1] if len(raw) > 1 and raw[1] else None
+        g = int(raw[2]) if len(raw) > 2 else None
+        return Outcome(status, _text(data), g)
+
+    @staticmethod
+    def _entries(raw: list[Any]) -> list[tuple[int, str]]:
+        return [(int(_text(entry_id).split("-", 1)[0]), _text(f[_k(f)])) for entry_id, f in raw]
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _k(fields: dict[Any, Any]) -> Any:
+    return b"d" if b"d" in fields else "d"
+
+
+class Recorder(_Base):
+    """The record for synchronous code: the Celery worker and its signal handlers."""
+
+    def record(self, change: Change) -> Outcome:
+        keys, args = self._record_call(change)
+        return self._outcome(self._record(keys=keys, args=args))
+
+    def get(self, task_id: str) -> str | None:
+        return _text(self._read(keys=[self.keys.task(task_id)])[0]) or None
+
+
+class AsyncRecorder(_Base):
+    """The record for the web process, on redis-py's asyncio client."""
+
+    async def record(self, change: Change) -> Outcome:
+        keys, args = self._record_call(change)
+        return self._outcome(await self._record(keys=keys, args=args))
+
+    async def get(self, task_id: str) -> str | None:
+        return _text((await self._read(keys=[self.keys.task(task_id)]))[0]) or None
+
+    async def get_many(self, task_ids: list[str]) -> list[str | None]:
+        if not task_ids:
+            return []
+        raw = await self._read(keys=[self.keys.task(t) for t in task_ids])
+        return [_text(r) or None for r in raw]
+
+    async def owner(self, task_id: str) -> str | None:
+        raw = await self.client.hget(self.keys.task(task_id), "owner")
+        return None if raw is None else json.loads(_text(raw))
+
+    async def changes_after(self, task_id: str, after: int) -> list[tuple[int, str]]:
+        """The retained changes of one task with `seq` > after, oldest first."""
+        raw = await self.client.xrange(self.keys.log(task_id), min=f"{after + 1}-0")
+        return self._entries(raw)
+
+    async def global_changes_after(self, after: int, count: int) -> list[tuple[int, str]]:
+        raw = await self.client.xrange(self.keys.global_log, min=f"{after + 1}-0", count=count)
+        return self._entries(raw)
+
+    async def global_seq(self) -> int:
+        raw = await self.client.get(self.keys.global_seq)
+        return int(raw or 0)
+
+    async def recent(self, max_score: float, max_id: str | None, batch: int) -> list[tuple[str, float]]:
+        """Task ids newest first, at or before a (score, id) position."""
+        raw = await self.client.zrevrangebyscore(
+            self.keys.recent, max=repr(max_score), min="-inf", start=0, num=batch, withscores=True
+        )
+        return [(_text(member), float(score)) for member, score in raw]
