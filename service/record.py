@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
+from service import sse
+
 TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 # The snapshot's fields, in the order clients see them.
@@ -57,7 +59,8 @@ end
 _LUA_RECORD = (
     _LUA_SNAPSHOT
     + """
-local task_key, log_key, gseq_key, glog_key, recent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local task_key, log_key, gseq_key = KEYS[1], KEYS[2], KEYS[3]
+local glog_key, recent_key = KEYS[4], KEYS[5]
 local channel, ttl, retain, gretain, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local exists = redis.call('EXISTS', task_key) == 1
 if mode == 'create' then
@@ -85,7 +88,8 @@ redis.call('EXPIRE', task_key, ttl)
 redis.call('XADD', log_key, 'MAXLEN', '~', retain, seq .. '-0', 'd', data)
 redis.call('EXPIRE', log_key, ttl)
 local g = redis.call('INCR', gseq_key)
-redis.call('XADD', glog_key, 'MAXLEN', '~', gretain, g .. '-0', 'd', data)
+redis.call('XADD', glog_key, 'MAXLEN', '~', gretain, g .. '-0', 'd', data, 'o',
+  redis.call('HGET', task_key, 'owner') or '""')
 if mode == 'create' then
   local score = tonumber(ARGV[6])
   redis.call('ZADD', recent_key, score, redis.call('HGET', task_key, 'id'))
@@ -184,26 +188,39 @@ class Outcome:
         return None if self.data is None else json.loads(self.data)
 
 
-@dataclass(frozen=True)
 class Announcement:
     """A change as it arrives on pub/sub: parsed once per web process, shared by every stream."""
 
-    global_seq: int
-    seq: int
-    task_id: str
-    state: str
-    owner: str
-    data: str
+    __slots__ = ("_frames", "data", "global_seq", "owner", "seq", "state", "task_id")
+
+    def __init__(self, global_seq: int, seq: int, task_id: str, state: str, owner: str, data: str):
+        self.global_seq = global_seq
+        self.seq = seq
+        self.task_id = task_id
+        self.state = state
+        self.owner = owner
+        self.data = data
+        self._frames: dict[bool, bytes] = {}
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    def frame(self, by_global_seq: bool = False) -> bytes:
+        """The SSE event, encoded once however many streams send it."""
+        cached = self._frames.get(by_global_seq)
+        if cached is None:
+            event_id = self.global_seq if by_global_seq else self.seq
+            cached = self._frames[by_global_seq] = sse.event(event_id, self.data)
+        return cached
+
     @classmethod
     def parse(cls, message: str) -> Announcement:
         header, data = message.split("\n", 1)
         g, seq, task_id, state, owner = header.split(" ", 4)
-        return cls(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner), data)
+        return cls(
+            int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner), data
+        )
 
 
 def new_task_fields(
@@ -308,17 +325,22 @@ class AsyncRecorder(_Base):
         raw = await self.client.xrange(self.keys.log(task_id), min=f"{after + 1}-0")
         return self._entries(raw)
 
-    async def global_changes_after(self, after: int, count: int) -> list[tuple[int, str]]:
+    async def global_changes_after(self, after: int, count: int) -> list[tuple[int, str, str]]:
+        """Changes of every task with global seq > after: (global seq, snapshot, owner)."""
         raw = await self.client.xrange(self.keys.global_log, min=f"{after + 1}-0", count=count)
-        return self._entries(raw)
+        return [
+            (seq, data, json.loads(_text(f.get("o") or f.get(b"o") or '""')))
+            for (seq, data), (_, f) in zip(self._entries(raw), raw, strict=True)
+        ]
 
     async def global_seq(self) -> int:
         raw = await self.client.get(self.keys.global_seq)
         return int(raw or 0)
 
-    async def recent(self, max_score: float, max_id: str | None, batch: int) -> list[tuple[str, float]]:
-        """Task ids newest first, at or before a (score, id) position."""
+    async def recent(self, max_score: float, count: int) -> list[tuple[str, float]]:
+        """Up to `count` task ids submitted at or before `max_score`, newest first."""
+        top = "+inf" if max_score == float("inf") else repr(max_score)
         raw = await self.client.zrevrangebyscore(
-            self.keys.recent, max=repr(max_score), min="-inf", start=0, num=batch, withscores=True
+            self.keys.recent, max=top, min="-inf", start=0, num=count, withscores=True
         )
-        return [(_text(member), float(score)) for member, score in raw]
+        return [(member, float(score)) for member, score in raw]

@@ -1,0 +1,215 @@
+"""The subscriber hub: one Redis pub/sub connection per web process, fanned out to every stream.
+
+Streams register here (in memory) before they read the record, and the hub has been subscribed to
+the change channel since the process started, so any change stored after a stream's read reaches
+that stream. When the subscription is lost, announcements may have been missed: on every
+(re)subscription the hub tells each stream to re-read the record from where it stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Final
+
+from service.record import Announcement
+
+log = logging.getLogger(__name__)
+
+
+class _Resync:
+    """Marker: read the record again, announcements may have been missed."""
+
+    def __repr__(self) -> str:
+        return "RESYNC"
+
+
+RESYNC: Final = _Resync()
+
+
+class Subscription:
+    """One stream's inbox: a bounded buffer of announcements.
+
+    A stream that cannot keep up does not make the buffer grow: when it is full, the buffer is
+    emptied and the stream is told to resync, which it does from the stored log. The stream then
+    still sees every change, in order, and memory stays bounded whatever the client's speed.
+    """
+
+    __slots__ = ("_event", "_items", "_limit", "_resync", "task_id")
+
+    def __init__(self, task_id: str | None, limit: int):
+        self.task_id = task_id
+        self._items: deque[Announcement] = deque()
+        self._limit = limit
+        self._resync = False
+        self._event = asyncio.Event()
+
+    def push(self, item: Announcement) -> bool:
+        """Queue an announcement; False when the buffer overflowed into a resync."""
+        overflowed = len(self._items) >= self._limit
+        if overflowed:
+            self._items.clear()
+            self._resync = True
+        else:
+            self._items.append(item)
+        self._event.set()
+        return not overflowed
+
+    def resync(self) -> None:
+        self._items.clear()
+        self._resync = True
+        self._event.set()
+
+    async def next(self, wait: float) -> Announcement | _Resync | None:
+        """The next announcement, RESYNC, or None when `wait` seconds passed with nothing."""
+        if not self._items and not self._resync:
+            self._event.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._event.wait()
+            except TimeoutError:
+                return None
+        if self._resync:
+            self._resync = False
+            return RESYNC
+        return self._items.popleft()
+
+
+class Hub:
+    def __init__(
+        self,
+        client: Any,
+        channel: str,
+        buffer: int,
+        *,
+        idle_ping_seconds: float = 5.0,
+        ping_timeout_seconds: float = 3.0,
+    ):
+        self._client = client
+        self._channel = channel
+        self._buffer = buffer
+        self._idle_ping = idle_ping_seconds
+        self._ping_timeout = ping_timeout_seconds
+        self._by_task: dict[str, set[Subscription]] = {}
+        self._all: set[Subscription] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._live = asyncio.Event()
+        # Counters for /metrics.
+        self.reconnects = 0
+        self.delivered = 0
+        self.overflows = 0
+        self.received = 0
+
+    @property
+    def live(self) -> bool:
+        return self._live.is_set()
+
+    @property
+    def streams(self) -> int:
+        return sum(len(s) for s in self._by_task.values()) + len(self._all)
+
+    def subscribe(self, task_id: str | None) -> Subscription:
+        """Register a stream for one task's changes, or for every change with task_id=None."""
+        sub = Subscription(task_id, self._buffer)
+        if task_id is None:
+            self._all.add(sub)
+        else:
+            self._by_task.setdefault(task_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.task_id is None:
+            self._all.discard(sub)
+            return
+        subs = self._by_task.get(sub.task_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._by_task[sub.task_id]
+
+    async def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name="hub")
+
+    async def wait_live(self, wait: float) -> bool:
+        try:
+            async with asyncio.timeout(wait):
+                await self._live.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+            self._runner = None
+
+    def _dispatch(self, message: str) -> None:
+        item = Announcement.parse(message)
+        self.received += 1
+        for group in (self._by_task.get(item.task_id, ()), self._all):
+            for sub in group:
+                if sub.push(item):
+                    self.delivered += 1
+                else:
+                    self.overflows += 1
+
+    def _resync_all(self) -> None:
+        for subs in self._by_task.values():
+            for sub in subs:
+                sub.resync()
+        for sub in self._all:
+            sub.resync()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("change subscription lost (%s); reconnecting", type(exc).__name__)
+            finally:
+                self._live.clear()
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            self.reconnects += 1
+
+    async def _listen(self, pubsub: Any) -> None:
+        await pubsub.subscribe(self._channel)
+        last_heard = time.monotonic()
+        ping_sent: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is None:
+                # A half-open connection reads as silence: ping it, and give up on it when the
+                # answer does not come.
+                if ping_sent is not None and now - ping_sent > self._ping_timeout:
+                    raise ConnectionError("no answer to ping on the change subscription")
+                if ping_sent is None and now - last_heard > self._idle_ping:
+                    await pubsub.ping()
+                    ping_sent = now
+                continue
+            last_heard = now
+            ping_sent = None
+            kind = message["type"]
+            if kind == "message":
+                self._dispatch(message["data"])
+            elif kind == "subscribe":
+                # Subscribed (again): anything announced while we were not may be missing from
+                # every open stream, so each one re-reads the record.
+                self._live.set()
+                self._resync_all()
+                log.info("change subscription live on %s", self._channel)

@@ -1,0 +1,376 @@
+"""The HTTP routes of ../shared/CONTRACT.md."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from quart import Blueprint, Response, request, send_from_directory
+
+from service.problems import Problem
+from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
+from service.services import services
+from service.streams import StreamOptions, global_stream, task_stream
+from tasks.registry import REGISTRY, ArgumentsInvalid, bind_arguments
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("tasks", __name__)
+
+STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
+_MAX_ID_LENGTH = 64
+# How many tasks one list request may examine while filtering, so a filter that matches little
+# costs a bounded amount; the cursor carries on from where it stopped.
+_LIST_SCAN_LIMIT = 2_000
+
+
+class SubmitBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+def _json(data: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    response = Response(data, status=status, content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(headers or {})
+    return response
+
+
+def _not_found(task_id: str) -> Problem:
+    return Problem(
+        404,
+        "Task not found",
+        f"No task {task_id!r} was accepted here, or it has expired.",
+        kind="task-not-found",
+    )
+
+
+def _validation_problem(errors: list[dict[str, str]], detail: str) -> Problem:
+    return Problem(422, "Invalid arguments", detail, kind="validation", errors=errors)
+
+
+async def _read_json_body() -> Any:
+    if not request.is_json:
+        raise Problem(
+            415,
+            "Unsupported Media Type",
+            "Send the request body as application/json.",
+            kind="unsupported-media-type",
+        )
+    # Quart answers 413 here when the body is over MAX_CONTENT_LENGTH, before reading it all.
+    raw = await request.get_data(cache=False, as_text=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Problem(
+            400, "Malformed JSON", f"The body is not valid JSON: {exc}"[:300], kind="malformed-json"
+        ) from None
+
+
+@bp.post("/tasks")
+async def submit() -> Response:
+    payload = await _read_json_body()
+    try:
+        body = SubmitBody.model_validate(payload)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(map(str, e["loc"])) or "body",
+                "message": e["msg"],
+                "type": e["type"],
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        raise _validation_problem(errors, "The body must be {task, args?, kwargs?}.") from None
+    task_type = REGISTRY.get(body.task)
+    if task_type is None:
+        raise Problem(
+            404,
+            "Unknown task",
+            f"There is no submittable task named {body.task!r}.",
+            kind="unknown-task",
+            available=sorted(REGISTRY),
+        )
+    try:
+        kwargs = bind_arguments(task_type, body.args, body.kwargs)
+    except ArgumentsInvalid as exc:
+        raise _validation_problem(
+            [e.as_dict() for e in exc.errors], f"The arguments do not fit {task_type.name}."
+        ) from None
+
+    svc = services()
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    created = await svc.record.record(
+        Change(
+            task_id,
+            new_task_fields(task_id, task_type.name, now),
+            create=True,
+            score=time.time(),
+            at=now,
+        )
+    )
+    try:
+        await svc.enqueue(task_id, task_type.name, kwargs)
+    except Exception as exc:
+        log.error("could not enqueue task %s: %s", task_id, type(exc).__name__)
+        error = {"type": "EnqueueError", "message": "the task could not be queued"}
+        await svc.record.record(
+            Change(task_id, {"state": "FAILURE", "error": error, "finished_at": utcnow()})
+        )
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "The task queue is not reachable; try again.",
+            kind="queue-unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    log.info("accepted task %s (%s)", task_id, task_type.name, extra={"task_id": task_id})
+    return _json(created.data or "", 202, {"Location": f"/tasks/{task_id}"})
+
+
+async def _snapshot_or_404(task_id: str) -> str:
+    data = None if len(task_id) > _MAX_ID_LENGTH else await services().record.get(task_id)
+    if data is None:
+        raise _not_found(task_id)
+    return data
+
+
+@bp.get("/tasks/<task_id>")
+async def status(task_id: str) -> Response:
+    return _json(await _snapshot_or_404(task_id))
+
+
+@bp.delete("/tasks/<task_id>")
+async def cancel(task_id: str) -> Response:
+    svc = services()
+    if len(task_id) > _MAX_ID_LENGTH:
+        raise _not_found(task_id)
+    # Recording REVOKED is the cancel: the terminal guard in the record makes it atomic against
+    # the task finishing, so exactly one of them wins.
+    outcome = await svc.record.record(
+        Change(task_id, {"state": "REVOKED", "finished_at": utcnow()})
+    )
+    if outcome.status is Status.UNKNOWN:
+        raise _not_found(task_id)
+    if outcome.status is Status.TERMINAL:
+        state = json.loads(outcome.data or "{}").get("state")
+        raise Problem(
+            409,
+            "Task already finished",
+            f"The task ended {state}; nothing to cancel.",
+            kind="task-finished",
+            state=state,
+        )
+    try:
+        await svc.revoke(task_id)
+    except Exception as exc:
+        # REVOKED is recorded, and workers check the record before running a task.
+        log.warning("revoke broadcast for %s failed: %s", task_id, type(exc).__name__)
+    return _json(outcome.data or "", 202)
+
+
+def _last_event_id() -> int | None:
+    raw = request.headers.get("Last-Event-ID")
+    source = "Last-Event-ID"
+    if raw is None or not raw.strip():
+        # A browser cannot set headers on a first connection; on reconnection its header wins.
+        raw = request.args.get("last_event_id")
+        source = "last_event_id"
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise Problem(
+            400, "Bad event id", f"{source} must be a non-negative integer.", kind="bad-event-id"
+        )
+    return value
+
+
+def _stream_response(body: Any) -> Response:
+    response = Response(body, status=200)
+    # Set by hand: Quart would add a charset to text/*, which the contract does not show.
+    response.headers["Content-Type"] = "text/event-stream"
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    # Quart cuts responses after 60 s by default; a stream lasts as long as its task.
+    response.timeout = None
+    return response
+
+
+def _options() -> StreamOptions:
+    s = services().settings
+    return StreamOptions(keepalive_seconds=s.keepalive_seconds, retry_ms=s.sse_retry_ms)
+
+
+@bp.get("/tasks/<task_id>/events")
+async def task_events(task_id: str) -> Response:
+    svc = services()
+    after = _last_event_id()
+    if len(task_id) > _MAX_ID_LENGTH:
+        raise _not_found(task_id)
+    # Subscribe first, then read: a change made in between arrives on the subscription.
+    sub = svc.hub.subscribe(task_id)
+    try:
+        current = await svc.record.get(task_id)
+        if current is None:
+            raise _not_found(task_id)
+        snapshot = json.loads(current)
+        if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL_STATES:
+            # Already seen the end: 204 tells EventSource to stop reconnecting.
+            svc.hub.unsubscribe(sub)
+            return Response("", status=204)
+    except BaseException:
+        svc.hub.unsubscribe(sub)
+        raise
+    return _stream_response(
+        task_stream(svc.hub, sub, svc.record, task_id, current, after, _options())
+    )
+
+
+@bp.get("/events")
+async def all_events() -> Response:
+    svc = services()
+    after = _last_event_id()
+    sub = svc.hub.subscribe(None)
+    try:
+        if after is None:
+            after = await svc.record.global_seq()
+    except BaseException:
+        svc.hub.unsubscribe(sub)
+        raise
+    return _stream_response(global_stream(svc.hub, sub, svc.record, after, _options()))
+
+
+def _encode_cursor(score: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {task_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, task_id = raw.split(" ", 1)
+        return float(score), task_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            400, "Bad cursor", "Use the `next` value of a previous page.", kind="bad-cursor"
+        ) from None
+
+
+@bp.get("/tasks")
+async def list_tasks() -> Response:
+    svc = services()
+    args = request.args
+    errors = []
+    limit = 20
+    if "limit" in args:
+        try:
+            limit = int(args["limit"])
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= svc.settings.list_limit_max:
+            errors.append(
+                {
+                    "field": "limit",
+                    "type": "range",
+                    "message": f"must be an integer from 1 to {svc.settings.list_limit_max}",
+                }
+            )
+    states = {s for v in args.getlist("state") for s in v.split(",") if s}
+    bad_states = states - set(STATES)
+    if bad_states:
+        errors.append(
+            {
+                "field": "state",
+                "type": "enum",
+                "message": f"unknown state(s) {sorted(bad_states)}; one of {list(STATES)}",
+            }
+        )
+    names = {n for v in args.getlist("task") for n in v.split(",") if n}
+    if errors:
+        raise Problem(
+            422,
+            "Invalid query",
+            "Some query parameters are not valid.",
+            kind="validation",
+            errors=errors,
+        )
+    max_score, max_id = (
+        _decode_cursor(args["cursor"]) if args.get("cursor") else (float("inf"), None)
+    )
+
+    items: list[str] = []
+    scanned = 0
+    full = exhausted = False
+    while not (full or exhausted) and scanned < _LIST_SCAN_LIMIT:
+        batch = min(max(limit * 2, 50), _LIST_SCAN_LIMIT - scanned)
+        page = await svc.record.recent(max_score, batch + 1)
+        # Members sharing the cursor's score come in descending id order: skip those already
+        # passed.
+        page = [(t, sc) for t, sc in page if not (sc == max_score and max_id and t >= max_id)]
+        exhausted = len(page) <= batch
+        page = page[:batch]
+        snapshots = await svc.record.get_many([t for t, _ in page])
+        for (task_id, score), data in zip(page, snapshots, strict=True):
+            scanned += 1
+            max_score, max_id = score, task_id
+            if data is None:  # expired since it was indexed
+                continue
+            if states or names:
+                snap = json.loads(data)
+                if (states and snap["state"] not in states) or (
+                    names and snap["task"] not in names
+                ):
+                    continue
+            items.append(data)
+            if len(items) == limit:
+                full = True
+                exhausted = exhausted and (task_id, score) == page[-1]
+                break
+    next_cursor = None if exhausted or max_id is None else _encode_cursor(max_score, max_id)
+    body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
+    return _json(body)
+
+
+@bp.get("/task-types")
+async def task_types() -> Response:
+    return _json(json.dumps([t.describe() for t in REGISTRY.values()]))
+
+
+@bp.get("/healthz")
+async def healthz() -> Response:
+    return _json('{"status":"ok"}')
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    svc = services()
+    try:
+        redis_ok = bool(await svc.redis.ping())
+    except Exception:
+        redis_ok = False
+    subscriber = svc.hub.live
+    ready = redis_ok and subscriber
+    body = {
+        "status": "ready" if ready else "not ready",
+        "redis": redis_ok,
+        "subscriber": subscriber,
+    }
+    return _json(json.dumps(body), 200 if ready else 503)
+
+
+@bp.get("/")
+async def dashboard() -> Response:
+    return await send_from_directory(bp.root_path + "/static", "index.html")

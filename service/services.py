@@ -1,0 +1,83 @@
+"""The objects one web process holds: its Redis client, the record, the hub, the Celery app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+from quart import current_app
+
+from service.config import Settings
+from service.hub import Hub
+from service.record import AsyncRecorder, Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    celery: Celery
+    # Celery's publishing is synchronous: it runs on these threads, never on the event loop.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="celery-publish")
+    )
+    redis: Any = None
+    record: AsyncRecorder = field(init=False)
+    hub: Hub = field(init=False)
+
+    async def start(self) -> None:
+        s = self.settings
+        # A small fixed pool: thousands of streams share a handful of connections, waiting their
+        # turn for a connection rather than opening one each.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            s.redis_url,
+            decode_responses=True,
+            max_connections=16,
+            timeout=10,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            socket_keepalive=True,
+            health_check_interval=15,
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
+        keys = Keys(s.key_prefix)
+        self.record = AsyncRecorder(
+            self.redis, keys, s.task_ttl_seconds, s.events_retained, s.global_events_retained
+        )
+        # The subscriber uses a client of its own, so a pub/sub socket with no timeout never
+        # comes out of the shared pool.
+        sub_client = aioredis.Redis.from_url(
+            s.redis_url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True
+        )
+        self.hub = Hub(sub_client, keys.channel, s.stream_buffer)
+        self._sub_client = sub_client
+        await self.hub.start()
+
+    async def stop(self) -> None:
+        await self.hub.stop()
+        await self._sub_client.aclose()
+        await self.redis.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
+
+    async def enqueue(self, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
+        await self._off_loop(self.celery.send_task, name, kwargs=kwargs, task_id=task_id)
+
+    async def revoke(self, task_id: str) -> None:
+        # terminate=True stops it if a prefork child is running it; a task still queued is only
+        # marked, and its worker will find the record REVOKED and skip it anyway.
+        await self._off_loop(self.celery.control.revoke, task_id, terminate=True)
+
+
+def services() -> Services:
+    return current_app.extensions["taskstream"]

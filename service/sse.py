@@ -1,0 +1,17 @@
+"""Server-sent events framing (WHATWG HTML, "server-sent events")."""
+
+from __future__ import annotations
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+def event(event_id: int, data: str) -> bytes:
+    # `data` is one line of JSON (service.record.dumps never emits a raw newline), so it cannot
+    # start a new field or a new event, whatever a task puts in its output.
+    if "\n" in data or "\r" in data:
+        raise ValueError("SSE data must be a single line")
+    return f"id: {event_id}\ndata: {data}\n\n".encode()
+
+
+def retry(milliseconds: int) -> bytes:
+    return f"retry: {milliseconds}\n\n".encode()

@@ -1,0 +1,144 @@
+"""The event streams: what one SSE response sends, from its first byte to its end.
+
+Both streams follow one rule: the hub subscription is made before the record is read, and every
+change is sent only if its id is the next one after the last id sent. Whatever arrives with an
+id already sent is dropped; whatever arrives after a gap (or a RESYNC from the hub) is fetched
+from the stored log instead. So a client sees a contiguous run of ids, none repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from service import sse
+from service.hub import RESYNC, Hub, Subscription
+from service.record import TERMINAL_STATES, Announcement, AsyncRecorder
+
+# How many changes one read of the global log fetches while catching up.
+_GLOBAL_BATCH = 1_000
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    keepalive_seconds: float
+    retry_ms: int
+
+
+def _is_terminal(data: str) -> bool:
+    return json.loads(data)["state"] in TERMINAL_STATES
+
+
+async def task_stream(
+    hub: Hub,
+    sub: Subscription,
+    record: AsyncRecorder,
+    task_id: str,
+    current: str,
+    after: int | None,
+    options: StreamOptions,
+) -> AsyncIterator[bytes]:
+    """One task's changes after `after` (or from the current snapshot), until its terminal one.
+
+    `sub` must have been subscribed, and `current` read, before this is called.
+    """
+    try:
+        yield sse.retry(options.retry_ms)
+        snapshot = json.loads(current)
+        if after is None or after > snapshot["seq"]:
+            yield sse.event(snapshot["seq"], current)
+            if snapshot["state"] in TERMINAL_STATES:
+                return
+            sent = snapshot["seq"]
+        else:
+            caught = await _catch_up(record, task_id, after, allow_gap=after == 0)
+            for frame in caught.frames:
+                yield frame
+            if caught.done:
+                return
+            sent = caught.sent
+        while True:
+            item = await sub.next(options.keepalive_seconds)
+            if item is None:
+                yield sse.KEEPALIVE
+                continue
+            if item is RESYNC or item.seq > sent + 1:
+                caught = await _catch_up(record, task_id, sent, allow_gap=False)
+                for frame in caught.frames:
+                    yield frame
+                sent = caught.sent
+                if caught.done:
+                    return
+                continue
+            assert isinstance(item, Announcement)
+            if item.seq <= sent:
+                continue
+            yield item.frame()
+            sent = item.seq
+            if item.terminal:
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+@dataclass
+class _CatchUp:
+    frames: list[bytes]
+    sent: int
+    done: bool
+
+
+async def _catch_up(record: AsyncRecorder, task_id: str, sent: int, allow_gap: bool) -> _CatchUp:
+    """The stored changes after `sent`, or the current snapshot where those are not retained."""
+    changes = await record.changes_after(task_id, sent)
+    if changes and changes[0][0] != sent + 1 and not allow_gap:
+        current = await record.get(task_id)
+        if current is None:
+            return _CatchUp([], sent, True)
+        seq = json.loads(current)["seq"]
+        changes = [(seq, current)] if seq > sent else []
+    frames = [sse.event(seq, data) for seq, data in changes]
+    if not changes:
+        return _CatchUp(frames, sent, False)
+    last_seq, last_data = changes[-1]
+    return _CatchUp(frames, last_seq, _is_terminal(last_data))
+
+
+async def global_stream(
+    hub: Hub,
+    sub: Subscription,
+    record: AsyncRecorder,
+    after: int,
+    options: StreamOptions,
+    visible: Callable[[str], bool] = lambda owner: True,
+) -> AsyncIterator[bytes]:
+    """Every change of every task the caller may see, after global sequence `after`, forever."""
+    try:
+        yield sse.retry(options.retry_ms)
+        seen = after
+        while True:
+            # Catch up from the stored global log, then follow the hub.
+            while True:
+                batch = await record.global_changes_after(seen, _GLOBAL_BATCH)
+                for g, data, owner in batch:
+                    if visible(owner):
+                        yield sse.event(g, data)
+                    seen = g
+                if len(batch) < _GLOBAL_BATCH:
+                    break
+            while True:
+                item = await sub.next(options.keepalive_seconds)
+                if item is None:
+                    yield sse.KEEPALIVE
+                    continue
+                if item is RESYNC or item.global_seq > seen + 1:
+                    break
+                assert isinstance(item, Announcement)
+                if item.global_seq <= seen:
+                    continue
+                if visible(item.owner):
+                    yield item.frame(by_global_seq=True)
+                seen = item.global_seq
+    finally:
+        hub.unsubscribe(sub)

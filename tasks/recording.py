@@ -1,0 +1,43 @@
+"""The worker's handle on the event record: one synchronous Recorder per Celery app and process."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+from service.config import Settings
+from service.record import Keys, Recorder
+
+
+def settings_of(app: Celery) -> Settings:
+    settings = app.conf.get("taskstream_settings")
+    if settings is None:
+        raise RuntimeError("this Celery app was not made by tasks.celery_app.create_celery")
+    return settings
+
+
+def recorder(app: Celery) -> Recorder:
+    # One per process: prefork children must not share the parent's sockets.
+    cached = getattr(app, "_taskstream_recorder", None)
+    if cached is not None and cached[0] == os.getpid():
+        return cached[1]
+    settings = settings_of(app)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+    rec = Recorder(
+        client,
+        Keys(settings.key_prefix),
+        settings.task_ttl_seconds,
+        settings.events_retained,
+        settings.global_events_retained,
+    )
+    app._taskstream_recorder = (os.getpid(), rec)
+    return rec

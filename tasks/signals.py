@@ -1,0 +1,119 @@
+"""Celery's signals, turned into recorded changes: the worker side of signal → record → pub/sub.
+
+Each handler runs in the process where Celery raises the signal (RECEIVED and REVOKED in the
+worker's main process, the rest in the pool child running the task) and records there, so the
+change is stamped by the process that made it. Handlers only ever record changes of tasks in the
+registry; anything else a worker runs is none of the record's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from typing import Any
+
+from celery import current_app
+from celery.signals import (
+    task_failure,
+    task_prerun,
+    task_received,
+    task_retry,
+    task_revoked,
+    task_success,
+)
+
+from service.record import Change, Status, dumps, utcnow
+from tasks.recording import recorder, settings_of
+from tasks.registry import REGISTRY
+
+log = logging.getLogger(__name__)
+
+
+def _record(task_id: str, fields: dict[str, Any], **set_if_absent: Any) -> Status:
+    try:
+        return recorder(current_app).record(Change(task_id, fields, set_if_absent)).status
+    except Exception:
+        # A signal handler that raises is logged and ignored by Celery; say which task it was.
+        log.exception("could not record %s for task %s", fields.get("state"), task_id)
+        return Status.UNKNOWN
+
+
+def _error(exc: BaseException, traceback: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if settings_of(current_app).expose_tracebacks and traceback is not None:
+        error["traceback"] = "".join(tb.format_tb(traceback))
+    return error
+
+
+@task_received.connect
+def _on_received(request: Any = None, **_: Any) -> None:
+    # A retry's new message is received too; the contract shows RETRY followed by STARTED.
+    if request.name in REGISTRY and not request.request_dict.get("retries"):
+        _record(request.id, {"state": "RECEIVED"})
+
+
+@task_prerun.connect
+def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
+    if task.name not in REGISTRY:
+        return
+    now = utcnow()
+    status = _record(
+        task_id,
+        {"state": "STARTED", "retries": task.request.retries, "error": None},
+        started_at=now,
+    )
+    if status is Status.TERMINAL:
+        # Already REVOKED: tasks.tracked.TrackedTask will not run it.
+        task.request.taskstream_cancelled = True
+
+
+@task_retry.connect
+def _on_retry(request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+    if request.task not in REGISTRY:
+        return
+    cause = getattr(reason, "exc", None) or reason
+    # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
+    _record(request.id, {"state": "RETRY", "retries": request.retries + 1, "error": _error(cause)})
+
+
+@task_success.connect
+def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if sender.name not in REGISTRY:
+        return
+    task_id = sender.request.id
+    try:
+        dumps(result)
+    except (TypeError, ValueError) as exc:
+        fields = {
+            "state": "FAILURE",
+            "error": {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"},
+        }
+    else:
+        fields = {"state": "SUCCESS", "result": result}
+    _record(task_id, {**fields, "finished_at": utcnow()})
+
+
+@task_failure.connect
+def _on_failure(
+    sender: Any = None,
+    task_id: str = "",
+    exception: BaseException | None = None,
+    traceback: Any = None,
+    **_: Any,
+) -> None:
+    if sender is None or sender.name not in REGISTRY or exception is None:
+        return
+    _record(
+        task_id,
+        {"state": "FAILURE", "error": _error(exception, traceback), "finished_at": utcnow()},
+    )
+
+
+@task_revoked.connect
+def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # `request` is a worker Request, or a task Context when revoked from inside the task.
+    name = getattr(sender, "name", None) or getattr(request, "name", None)
+    if request is None or name not in REGISTRY:
+        return
+    # Usually the web process recorded REVOKED first and this finds the task terminal already.
+    _record(request.id, {"state": "REVOKED", "finished_at": utcnow()})
