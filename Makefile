@@ -1,0 +1,50 @@
+# Two commands a new user needs: `make run` and `make test`. Each sets up what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench soak browser clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## run: set up, then start Redis (if none answers at REDIS_URL), a worker and the web on $PORT
+run: $(STAMP)
+	$(PY) -m service.launch
+
+## browser: Debian's Chromium for the browser tests (no browser download happens)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $(if $(filter root,$(shell whoami)),,sudo) apt-get update -qq && \
+	  $(if $(filter root,$(shell whoami)),,sudo) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium >/dev/null; }
+
+## test: set up, then run every test against real Redis, Celery, Hypercorn and Chromium
+test: $(STAMP) browser
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+## bench: the performance figures quoted in the README
+bench: $(STAMP)
+	$(PY) -m bench
+
+## soak: many tasks with faults injected at random (not part of `make test`)
+soak: $(STAMP)
+	$(PY) -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

