@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.conftest import submit
+
 
 def listed(base: str) -> list[str]:
     return [t["id"] for t in httpx.get(f"{base}/tasks?limit=200").json()["items"]]
@@ -48,7 +50,9 @@ CASES = [
     ids=[c[0] for c in CASES],
 )
 def test_bad_submission_is_refused_and_enqueues_nothing(service, body, content_type, status, field):
+    submit(service.url, "add", x=0, y=0)  # so the list has something to compare with
     before = listed(service.url)
+    assert before
     response = httpx.post(
         f"{service.url}/tasks", content=body, headers={"Content-Type": content_type}
     )
