@@ -622,7 +622,8 @@
       if (isRequired) input.setAttribute("aria-required", "true");
       input.setAttribute("aria-describedby", `${hintId} ${errorId}`);
       const error = el("p", { id: errorId, class: "error-text field-error", hidden: true });
-      const hint = [prop.description, constraintHint(prop, kind)].filter(Boolean).join(" ");
+      const constraints = constraintHint(prop, kind);
+      const hint = prop.description ? `${prop.description} (${constraints})` : constraints;
       const label = el(
         "label",
         { for: id },
