@@ -326,6 +326,34 @@ def test_page_catches_up_after_the_web_process_is_killed_and_restarted(
     assert int(resumed[0]) >= int(last_seen)
 
 
+def test_long_outage_polls_then_returns_to_live(make_service, open_page) -> None:
+    """A web process down for longer than the page waits: it polls, then goes live again."""
+    svc = make_service()
+    svc.start_worker(concurrency=2)
+    svc.start_web()
+    page = open_page(svc.url + "/")
+    page.wait_for_selector("#mode[data-mode=live]")
+    task_id = submit_from_form(page, "sleep", seconds=120, steps=120)
+    wait_for_state(page, task_id, ("PROGRESS",))
+
+    svc.webs[0].kill()
+    # After 10 s without a stream the page polls, and says the server does not answer.
+    page.wait_for_selector("#mode[data-mode=offline]", timeout=20_000)
+    svc.restart_web(0)
+    page.wait_for_selector("#mode[data-mode=polling]", timeout=10_000)
+    # Polling keeps the row moving, then the stream is tried again and taken back.
+    seq = int(row(page, task_id).get_attribute("data-seq"))
+    page.wait_for_function(
+        f"""() => Number(document.querySelector('li[data-task-id="{task_id}"]').dataset.seq)
+              > {seq}"""
+    )
+    page.wait_for_selector("#mode[data-mode=live]", timeout=30_000)
+    row(page, task_id).get_by_role("button", name="Cancel").click()
+    assert wait_for_state(page, task_id, TERMINAL) == "REVOKED"
+    assert_matches_server(page, svc.url, task_id)
+    assert_rows_unique(page)
+
+
 # --- the polling fallback --------------------------------------------------------------------
 
 
