@@ -10,9 +10,10 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
 
+from service.models import SubmitBody
 from service.problems import Problem
 from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
 from service.services import services
@@ -28,14 +29,6 @@ _MAX_ID_LENGTH = 64
 # How many tasks one list request may examine while filtering, so a filter that matches little
 # costs a bounded amount; the cursor carries on from where it stopped.
 _LIST_SCAN_LIMIT = 2_000
-
-
-class SubmitBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    task: str = Field(min_length=1, max_length=200)
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 def _json(data: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
