@@ -291,6 +291,12 @@ def install(app: Quart) -> None:
     QuartSchema(
         app,
         info={"title": "taskstream", "version": "0.1.0"},
+        tags=[
+            {"name": "tasks", "description": "Submit, poll, list and cancel tasks."},
+            {"name": "streams", "description": "Server-sent events: every change, live."},
+            {"name": "operations", "description": "Liveness and readiness probes."},
+            {"name": "pages", "description": "Pages for people and this document."},
+        ],
         openapi_path="/openapi.json",
         # quart-schema's own pages load their scripts from CDNs; /docs is served from here.
         swagger_ui_path=None,
