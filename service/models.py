@@ -29,6 +29,9 @@ State = Literal[
     "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
 ]
 
+# The largest event id a client may send back (Redis stream ids are 64-bit).
+MAX_EVENT_ID = 2**63 - 1
+
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 EVENT_STREAM = "text/event-stream"
@@ -186,6 +189,7 @@ class StreamQuery(BaseModel):
     last_event_id: int = Field(
         None,
         ge=0,
+        le=MAX_EVENT_ID,
         description="Resume after this seq (0 replays all that is retained). For a first "
         "connection, which a browser cannot give headers; the `Last-Event-ID` header wins.",
     )
@@ -208,7 +212,7 @@ class ListQuery(BaseModel):
     task: list[str] = Field(
         None, description="Only tasks of these names (repeat, or separate with commas)."
     )
-    limit: int = Field(20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX (200 by default).")
+    limit: int = Field(20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX.")
     cursor: str = Field(None, description="The `next` value of the previous page.")
 
 

@@ -198,10 +198,19 @@ class _Provider(OpenAPIProvider):
 
     def build_querystring_parameters(self, model: type[BaseModel]) -> tuple[list, dict]:
         parameters, definitions = super().build_querystring_parameters(model)
+        settings = self._app.extensions["taskstream"].settings
         for param in parameters:
             if param["schema"].get("type") == "array":
                 param["style"], param["explode"] = "form", True
+            if param["name"] == "limit":
+                # Configurable (LIST_LIMIT_MAX), so the document states this deployment's bound.
+                param["schema"]["maximum"] = settings.list_limit_max
         return parameters, definitions
+
+    def build_request_body(self, model: type[BaseModel], source: Any) -> tuple[dict, dict]:
+        body, definitions = super().build_request_body(model, source)
+        body["required"] = True
+        return body, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:
         paths, components = super().build_paths(rule)

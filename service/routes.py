@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
 
-from service.models import SubmitBody
+from service.models import MAX_EVENT_ID, SubmitBody
 from service.problems import Problem
 from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
 from service.services import services
@@ -185,9 +186,13 @@ def _last_event_id() -> int | None:
         value = int(raw.strip())
     except ValueError:
         value = -1
-    if value < 0:
+    # Redis stream ids are 64-bit: a larger one would fail mid-stream, after the 200 is sent.
+    if not 0 <= value <= MAX_EVENT_ID:
         raise Problem(
-            400, "Bad event id", f"{source} must be a non-negative integer.", kind="bad-event-id"
+            400,
+            "Bad event id",
+            f"{source} must be an integer from 0 to {MAX_EVENT_ID}.",
+            kind="bad-event-id",
         )
     return value
 
@@ -255,6 +260,9 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, task_id = raw.split(" ", 1)
+        # Redis refuses NaN as a score bound; no cursor this service gives out holds one.
+        if math.isnan(float(score)):
+            raise ValueError(score)
         return float(score), task_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Problem(
