@@ -199,9 +199,17 @@ class StreamHeaders(BaseModel):
     last_event_id: str = Field(
         None,
         alias="Last-Event-ID",
-        pattern=r"^\s*[0-9]+\s*$",
+        pattern=r"^\s*[0-9]*\s*$",
         description="The last event id seen: the stream resumes after it. EventSource sends it "
-        "when it reconnects.",
+        "when it reconnects. A blank value counts as absent; the header wins over the query.",
+    )
+
+
+class PollHeaders(BaseModel):
+    if_none_match: str = Field(
+        None,
+        alias="If-None-Match",
+        description="The `ETag` of the snapshot the client holds: unchanged, the answer is 304.",
     )
 
 

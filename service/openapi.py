@@ -39,6 +39,7 @@ def _problem(description: str, **headers: str) -> Answer:
 
 _NOT_FOUND = _problem("No task with this id was accepted here, or it has expired.")
 _BAD_EVENT_ID = _problem("`Last-Event-ID` or `last_event_id` is not a non-negative integer.")
+_ETAG = {"ETag": "The snapshot's version (its `seq`, quoted); send it back as `If-None-Match`."}
 _STREAM_200 = Answer(
     m.TaskEvent,
     "The stream. Ends after the terminal snapshot; `: keepalive` comments while idle.",
@@ -90,8 +91,13 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "tasks.status": Operation(
         "Get a task's snapshot",
-        {200: Answer(m.TaskSnapshot, "The task as it stands."), 404: _NOT_FOUND},
+        {
+            200: Answer(m.TaskSnapshot, "The task as it stands.", _ETAG),
+            304: Answer(None, "Unchanged since the `If-None-Match` version.", _ETAG),
+            404: _NOT_FOUND,
+        },
         tags=("tasks",),
+        headers=m.PollHeaders,
     ),
     "tasks.cancel": Operation(
         "Cancel a task",
