@@ -38,12 +38,8 @@ def _problem(description: str, **headers: str) -> Answer:
 
 
 _NOT_FOUND = _problem("No task with this id was accepted here, or it has expired.")
-_BAD_EVENT_ID = _problem("`Last-Event-ID` or `last_event_id` is not a non-negative integer.")
+_BAD_EVENT_ID = _problem("`Last-Event-ID` or `last_event_id` is not an integer from 0 to 2⁶³-1.")
 _ETAG = {"ETag": "The snapshot's version (its `seq`, quoted); send it back as `If-None-Match`."}
-_STREAM_200 = Answer(
-    m.TaskEvent,
-    "The stream. Ends after the terminal snapshot; `: keepalive` comments while idle.",
-)
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,10 @@ OPERATIONS: dict[str, Operation] = {
     "tasks.task_events": Operation(
         "Follow one task's changes",
         {
-            200: _STREAM_200,
+            200: Answer(
+                m.TaskEvent,
+                "The stream; it ends after the terminal snapshot. `: keepalive` while idle.",
+            ),
             204: Answer(None, "The client has already seen the terminal snapshot: stop."),
             400: _BAD_EVENT_ID,
             404: _NOT_FOUND,
@@ -126,7 +125,10 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "tasks.all_events": Operation(
         "Follow every task's changes",
-        {200: _STREAM_200, 400: _BAD_EVENT_ID},
+        {
+            200: Answer(m.TaskEvent, "The stream; it never ends by itself."),
+            400: _BAD_EVENT_ID,
+        },
         description="One stream for dashboards; the event id is a global sequence number. "
         "It does not end by itself.",
         tags=("streams",),
