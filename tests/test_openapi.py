@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +81,31 @@ def test_docs_page_renders_the_document_without_the_internet(service):
     assert "/openapi.json" in page
     # Nothing is fetched from elsewhere: the machines that serve it may have no internet.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+
+
+def test_docs_page_lists_every_operation_in_a_real_browser(service, document, tmp_path):
+    # Debian's Chromium, as the dashboard's tests use; --dump-dom prints the page after its script
+    # has fetched and rendered the document.
+    page = subprocess.run(
+        [
+            shutil.which("chromium") or "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"{service.url}/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert 'id="description" class="error"' not in page, page[-2000:]
+    for path, item in document["paths"].items():
+        for method in item:
+            assert f'<span class="method {method}">{method}</span>' in page, (method, path)
+            assert f'<span class="path">{html.escape(path)}</span>' in page, path
 
 
 # Two faults found while fuzzing beyond what the document lets a generator reach: values that
