@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit = command("submit", "submit a task, and optionally follow it to its end")
     submit.add_argument("task", metavar="NAME", help="the task's name (see `taskctl types`)")
     submit.add_argument(
-        "params", nargs="*", metavar="KEY=VALUE", help="a keyword argument (see below)"
+        "params", nargs="*", default=[], metavar="KEY=VALUE", help="a keyword argument (see below)"
     )
     submit.add_argument(
         "--arg",
