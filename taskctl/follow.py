@@ -61,6 +61,7 @@ class Follower:
         self._retry_cap = 2.0  # seconds, until the stream's `retry:` field says otherwise
         self._last_answer = time.monotonic()
         self._progressed = False
+        self._connected = False
 
     def run(self) -> Snapshot:
         """Follow until the task ends; its terminal snapshot. Raises ServiceError (4xx, e.g. an
@@ -90,7 +91,10 @@ class Follower:
                 failures = self.options.stream_attempts - 1
                 continue
             delay = 0.0 if failures == 0 else self._backoff(failures)
-            self.notice(f"connection lost ({reason}); resuming after seq {self.last_seq}")
+            if self._connected:
+                self.notice(f"connection lost ({reason}); resuming after seq {self.last_seq}")
+            else:
+                self.notice(f"cannot stream ({reason}); trying again")
             time.sleep(delay)
 
     def _backoff(self, failures: int) -> float:
@@ -112,18 +116,18 @@ class Follower:
         return snap if snap["state"] in TERMINAL else None
 
     def _stream(self) -> Snapshot | None:
+        connected = False
         try:
             with self.api.events(self.task_id, self.last_seq) as source:
                 response = source.response
                 if response.status_code >= 400:
                     response.read()
                     raise ServiceError.from_response(response)
-                self._last_answer = time.monotonic()
+                connected = self._connected = True
                 if response.status_code == 204:
                     # The service says we have seen the end already; show it from a fresh read.
                     return self._fetch()
                 for sse in source.iter_sse():
-                    self._last_answer = time.monotonic()
                     if sse.retry is not None:
                         self._retry_cap = max(sse.retry / 1000, self.options.backoff)
                     if not sse.data:
@@ -138,6 +142,11 @@ class Follower:
         except (ValueError, KeyError, TypeError) as exc:
             # Not a snapshot: something other than the service answered; treat it as a failure.
             raise _StreamFailed(f"unreadable event ({describe(exc)})") from None
+        finally:
+            # A stream that was open was an answer until now, however quiet the task was (its
+            # keepalives never reach this code), so patience counts from here.
+            if connected:
+                self._last_answer = time.monotonic()
         return None
 
     def _fetch(self) -> Snapshot | None:

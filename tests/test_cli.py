@@ -371,6 +371,20 @@ def test_a_dropped_connection_resumes_without_repeats_or_gaps(service, proxy, ru
     assert "polling" not in stderr
 
 
+def test_a_quiet_stream_counts_as_contact_with_the_service(service, proxy, running):
+    # No change for longer than --patience, then a drop: the open stream was contact all along,
+    # so the client resumes instead of giving up.
+    snap = submit(service.url, "sleep", seconds=3, steps=1)
+    watcher = Running("watch", snap["id"], "--json", "--patience", "1", url=proxy.url)
+    running.append(watcher)
+    watcher.wait_for_line(lambda line: json.loads(line)["state"] == "STARTED")
+    time.sleep(1.5)
+    proxy.drop(downtime=0.2)
+    code, lines, stderr = watcher.finish()
+    assert code == OK, stderr
+    assert json.loads(lines[-1])["state"] == "SUCCESS"
+
+
 def test_falls_back_to_polling_when_streams_keep_failing(service, proxy, running):
     proxy.refuse_streams = True
     snap = submit(service.url, "sleep", seconds=1.5, steps=3)
