@@ -791,7 +791,10 @@
       if (response.status === 202 && body) {
         mine.add(body.id);
         apply(body);
-        say(`Submitted ${type.name} task ${shortId(body.id)}.`);
+        // A quick task may have ended on the stream before this answer came back.
+        const now = tasks.get(body.id);
+        if (now && TERMINAL.has(now.state)) announceEnd(now);
+        else say(`Submitted ${type.name} task ${shortId(body.id)}.`);
       } else {
         showProblem(body, response);
       }
