@@ -251,8 +251,11 @@ async def all_events() -> Response:
     after = _last_event_id()
     sub = svc.hub.subscribe(None)
     try:
-        if after is None:
-            after = await svc.record.global_seq()
+        current = await svc.record.global_seq()
+        # An id beyond the current sequence comes from before Redis lost its data: start from
+        # now rather than wait, silently, for the sequence to catch up with it.
+        if after is None or after > current:
+            after = current
     except BaseException:
         svc.hub.unsubscribe(sub)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
@@ -149,3 +150,25 @@ def test_no_response_timeout_cuts_a_stream(make_service):
     events = read_stream(svc.url, snap["id"], query="?last_event_id=0")
     assert_contiguous([i for i, _ in events], first=1)
     assert events[-1][1]["state"] == "SUCCESS"
+
+
+def test_global_stream_resumes_after_an_id_and_starts_now_for_an_id_from_the_future(service):
+    from httpx_sse import connect_sse
+
+    def first_event(query: str, task_id: str) -> int:
+        with (
+            httpx.Client(timeout=30) as client,
+            connect_sse(client, "GET", f"{service.url}/events{query}") as source,
+        ):
+            for sse in source.iter_sse():
+                if sse.data and json.loads(sse.data)["id"] == task_id:
+                    return int(sse.id)
+        raise AssertionError("stream ended")
+
+    snap = submit(service.url, "add", x=1, y=1)
+    poll_until_done(service.url, snap["id"])
+    # Replay from 0 reaches this task's first change; an impossible id starts from now.
+    replayed = first_event("?last_event_id=0", snap["id"])
+    later = submit(service.url, "sleep", seconds=0.5, steps=1)
+    live = first_event("?last_event_id=999999999999", later["id"])
+    assert live > replayed
