@@ -56,7 +56,9 @@ class Stack:
     def start(self) -> Stack:
         self.redis.start()
         self.worker = self._spawn("worker", worker_command(self.worker_concurrency))
-        self.web = self._spawn("web", web_command("127.0.0.1", self.port))
+        self.web = self._spawn(
+            "web", web_command("127.0.0.1", self.port) + os.environ.get("BENCH_WEB_ARGS", "").split()
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
