@@ -1,4 +1,7 @@
-"""The system under measurement: a private Redis, one worker and ONE web process of our own."""
+"""The system under measurement: a private Redis, one worker and ONE web process of our own.
+
+BENCH_WEB_ARGS (bench only) adds Hypercorn options to the web's command, to try some out.
+"""
 
 from __future__ import annotations
 
@@ -56,9 +59,8 @@ class Stack:
     def start(self) -> Stack:
         self.redis.start()
         self.worker = self._spawn("worker", worker_command(self.worker_concurrency))
-        self.web = self._spawn(
-            "web", web_command("127.0.0.1", self.port) + os.environ.get("BENCH_WEB_ARGS", "").split()
-        )
+        extra = os.environ.get("BENCH_WEB_ARGS", "").split()
+        self.web = self._spawn("web", web_command("127.0.0.1", self.port) + extra)
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -74,9 +74,10 @@ def measure(
             m[1] = min(m[1], first)
             m[2] = max(m[2], last)
     live = sorted(s for s, (_, first, _) in merged.items() if first > all_open_at)
-    spreads = [(merged[s][2] - merged[s][1]) * 1000 for s in live if merged[s][0] == opened]
     incomplete = sum(1 for s in live if merged[s][0] != opened)
-    terminal = live[-1] if live else None
+    # The last change is the REVOKED snapshot, after which each stream also ends.
+    terminal = live.pop() if live else None
+    spreads = [(merged[s][2] - merged[s][1]) * 1000 for s in live if merged[s][0] == opened]
     terminal_spread = (
         (merged[terminal][2] - merged[terminal][1]) * 1000
         if terminal is not None and merged[terminal][0] == opened
