@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         # Bodies are small: a client that trickles one in is not waited on for long.
         BODY_TIMEOUT=15,
+        RESPONSE_TIMEOUT=settings.response_timeout_seconds,
         JSON_SORT_KEYS=False,
     )
     svc = Services(settings=settings, celery=create_celery(settings))

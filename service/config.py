@@ -40,6 +40,8 @@ class Settings:
     # How many changes across all tasks are kept for resuming `GET /events`.
     global_events_retained: int = 10_000
     keepalive_seconds: float = 15.0
+    # Quart's cut-off for ordinary responses; streams have none.
+    response_timeout_seconds: float = 60.0
     # What the stream tells EventSource to wait before reconnecting, in milliseconds.
     sse_retry_ms: int = 2_000
     # Changes buffered in memory per stream before it falls back to reading the stored log.
@@ -68,6 +70,9 @@ class Settings:
                 "GLOBAL_EVENTS_RETAINED", cls.global_events_retained
             ),
             "keepalive_seconds": _env_float("KEEPALIVE_SECONDS", cls.keepalive_seconds),
+            "response_timeout_seconds": _env_float(
+                "RESPONSE_TIMEOUT_SECONDS", cls.response_timeout_seconds
+            ),
             "sse_retry_ms": _env_int("SSE_RETRY_MS", cls.sse_retry_ms),
             "stream_buffer": _env_int("STREAM_BUFFER", cls.stream_buffer),
             "max_body_bytes": _env_int("MAX_BODY_BYTES", cls.max_body_bytes),

@@ -92,7 +92,7 @@ redis.call('XADD', glog_key, 'MAXLEN', '~', gretain, g .. '-0', 'd', data, 'o',
   redis.call('HGET', task_key, 'owner') or '""')
 if mode == 'create' then
   local score = tonumber(ARGV[6])
-  redis.call('ZADD', recent_key, score, redis.call('HGET', task_key, 'id'))
+  redis.call('ZADD', recent_key, score, cjson.decode(redis.call('HGET', task_key, 'id')))
   redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score - tonumber(ttl))
 end
 local header = g .. ' ' .. seq .. ' ' .. redis.call('HGET', task_key, 'id') .. ' '

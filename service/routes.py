@@ -147,7 +147,14 @@ async def _snapshot_or_404(task_id: str) -> str:
 
 @bp.get("/tasks/<task_id>")
 async def status(task_id: str) -> Response:
-    return _json(await _snapshot_or_404(task_id))
+    data = await _snapshot_or_404(task_id)
+    # The seq names the version: a poller sending If-None-Match gets 304 until the next change.
+    etag = f'"{json.loads(data)["seq"]}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        return Response("", status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    response = _json(data, headers={"ETag": etag})
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 @bp.delete("/tasks/<task_id>")

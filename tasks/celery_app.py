@@ -43,6 +43,10 @@ def create_celery(settings: Settings | None = None) -> Celery:
         event_exchange=f"{prefix}.celeryev",
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_seconds,
+            # Look for messages of dead workers often enough that a task is re-run soon after
+            # its visibility timeout, not up to a hundred seconds later (kombu's default).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_seconds // 3)),
+            "unacked_restore_throttle": 1,
             "global_keyprefix": f"{prefix}:celery:",
             "socket_keepalive": True,
             "health_check_interval": 10,

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.progress import report_progress
-from tasks.registry import submittable
-
-# Integers stay integers (add(2, 3) is 5, not 5.0); booleans and numeric strings are refused.
-Number = Annotated[int | float, WithJsonSchema({"type": "number"})]
+from tasks.registry import number, submittable
 
 
 class _Arguments(BaseModel):
@@ -19,12 +16,12 @@ class _Arguments(BaseModel):
 
 
 class AddArguments(_Arguments):
-    x: Number = Field(description="The first addend.")
-    y: Number = Field(description="The second addend.")
+    x: number() = Field(description="The first addend.")
+    y: number() = Field(description="The second addend.")
 
 
 class SleepArguments(_Arguments):
-    seconds: Number = Field(ge=0, le=3600, description="How long to sleep in all.")
+    seconds: number(ge=0, le=3600) = Field(description="How long to sleep in all.")
     steps: int = Field(10, ge=1, le=1000, description="How many equal parts, each reported.")
 
 

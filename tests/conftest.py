@@ -59,7 +59,7 @@ class Proc:
         return self.log_dir / f"{self.name}.log"
 
     def start(self) -> Proc:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.log_path, "ab")
         # A session of its own, so a kill reaches the whole process group (pool children too).
         self.popen = subprocess.Popen(
             self.cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -242,8 +242,12 @@ def poll_until_done(base: str, task_id: str, timeout: float = 30) -> dict:
 
 
 def read_stream(
-    base: str, task_id: str, headers: dict[str, str] | None = None, query: str = "",
-    timeout: float = 60, max_events: int | None = None,
+    base: str,
+    task_id: str,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    timeout: float = 60,
+    max_events: int | None = None,
 ) -> list[tuple[int, dict]]:
     """Read a task's stream with httpx-sse, an SSE parser independent of the server's code."""
     from httpx_sse import connect_sse
@@ -251,8 +255,9 @@ def read_stream(
     events: list[tuple[int, dict]] = []
     with (
         httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client,
-        connect_sse(client, "GET", f"{base}/tasks/{task_id}/events{query}", headers=dict(headers or {}))
-        as source,
+        connect_sse(
+            client, "GET", f"{base}/tasks/{task_id}/events{query}", headers=dict(headers or {})
+        ) as source,
     ):
         source.response.raise_for_status()
         for sse in source.iter_sse():

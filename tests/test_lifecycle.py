@@ -21,7 +21,10 @@ def test_submit_answers_202_with_location_and_the_pending_snapshot(service):
     assert snap["state"] == "PENDING"
     assert snap["seq"] == 1
     assert snap["task"] == "add"
-    assert snap["links"] == {"self": f"/tasks/{snap['id']}", "events": f"/tasks/{snap['id']}/events"}
+    assert snap["links"] == {
+        "self": f"/tasks/{snap['id']}",
+        "events": f"/tasks/{snap['id']}/events",
+    }
     assert set(snap) == {
         "id", "task", "state", "seq", "progress", "result", "error", "retries", "submitted_at",
         "started_at", "finished_at", "updated_at", "links",

@@ -1,0 +1,104 @@
+"""The other routes: listing, task types, health and readiness; and a stream's clean-up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import new_prefix, poll_until_done, submit
+
+
+def test_list_newest_first_with_filters_and_cursor(make_service):
+    svc = make_service()
+    svc.start_worker(concurrency=2)
+    svc.start_web()
+    made = [submit(svc.url, "add", x=n, y=0)["id"] for n in range(5)]
+    failed = submit(svc.url, "fail", message="no")["id"]
+    for task_id in [*made, failed]:
+        poll_until_done(svc.url, task_id)
+
+    page = httpx.get(f"{svc.url}/tasks").json()
+    assert [t["id"] for t in page["items"]] == [failed, *reversed(made)]
+    assert page["next"] is None
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = httpx.get(f"{svc.url}/tasks{query}").json()
+        assert len(page["items"]) <= 2
+        seen += [t["id"] for t in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [failed, *reversed(made)]
+
+    only_failed = httpx.get(f"{svc.url}/tasks?state=FAILURE").json()["items"]
+    assert [t["id"] for t in only_failed] == [failed]
+    only_add = httpx.get(f"{svc.url}/tasks?task=add&state=SUCCESS&limit=3").json()
+    assert [t["id"] for t in only_add["items"]] == list(reversed(made))[:3]
+    assert only_add["next"] is not None
+
+
+def test_task_types_describe_each_submittable_task(service):
+    types = {t["name"]: t for t in httpx.get(f"{service.url}/task-types").json()}
+    assert set(types) == {"add", "sleep", "fail", "flaky"}
+    sleep = types["sleep"]
+    assert sleep["description"]
+    assert sleep["schema"]["properties"]["seconds"]["minimum"] == 0
+    assert sleep["schema"]["properties"]["steps"]["default"] == 10
+    assert sleep["schema"]["required"] == ["seconds"]
+    assert types["add"]["schema"]["properties"]["x"]["type"] == "number"
+
+
+def test_health_and_readiness(service):
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service.url}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "redis": True, "subscriber": True}
+
+
+def test_dashboard_page_is_served(service):
+    response = httpx.get(f"{service.url}/")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+
+
+async def test_a_client_that_goes_away_is_unsubscribed_at_once(redis_url):
+    app = create_app(Settings.from_env(redis_url=redis_url, key_prefix=new_prefix()))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        svc = app.extensions["taskstream"]
+        assert await svc.hub.wait_live(5)
+        created = await client.post("/tasks", json={"task": "add", "args": [1, 2]})
+        task_id = (await created.get_json())["id"]
+        async with client.request(f"/tasks/{task_id}/events") as connection:
+            await connection.send_complete()
+            await connection.receive()  # the retry hint
+            await connection.receive()  # the current snapshot
+            assert svc.hub.streams == 1
+            await connection.disconnect()
+        for _ in range(50):
+            if svc.hub.streams == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert svc.hub.streams == 0
+
+
+def test_polling_with_if_none_match_gets_304_until_the_next_change(service):
+    snap = submit(service.url, "sleep", seconds=0.3, steps=1)
+    first = httpx.get(f"{service.url}/tasks/{snap['id']}")
+    etag = first.headers["etag"]
+    assert etag == f'"{first.json()["seq"]}"'
+    done = poll_until_done(service.url, snap["id"])
+    again = httpx.get(f"{service.url}/tasks/{snap['id']}", headers={"If-None-Match": etag})
+    assert again.status_code == 200
+    assert again.json() == done
+    same = httpx.get(
+        f"{service.url}/tasks/{snap['id']}", headers={"If-None-Match": again.headers["etag"]}
+    )
+    assert same.status_code == 304
+    assert same.content == b""

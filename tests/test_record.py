@@ -1,0 +1,107 @@
+"""The event record on a real Redis: seq, storage, announcement and the terminal guard."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import pytest
+import redis
+
+from service.record import (
+    Announcement,
+    Change,
+    Keys,
+    Recorder,
+    Status,
+    new_task_fields,
+    utcnow,
+)
+from tests.conftest import new_prefix
+
+
+@pytest.fixture
+def recorder(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(new_prefix())
+    yield Recorder(client, keys, ttl=60, retain=1000, global_retain=10000)
+    for key in client.scan_iter(f"{keys.prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+def create(recorder: Recorder) -> str:
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    outcome = recorder.record(
+        Change(task_id, new_task_fields(task_id, "add", now), create=True, score=1.0, at=now)
+    )
+    assert outcome.status is Status.RECORDED
+    return task_id
+
+
+def test_concurrent_writers_get_distinct_contiguous_seqs(recorder):
+    task_id = create(recorder)
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def write() -> None:
+        for n in range(50):
+            outcome = recorder.record(Change(task_id, {"state": "PROGRESS", "progress": n}))
+            with lock:
+                seqs.append(outcome.snapshot["seq"])
+
+    threads = [threading.Thread(target=write) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(2, 302))
+
+
+def test_every_change_is_logged_and_announced_with_its_seq(recorder):
+    pubsub = recorder.client.pubsub()
+    pubsub.subscribe(recorder.keys.channel)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    task_id = create(recorder)
+    recorder.record(Change(task_id, {"state": "STARTED"}, {"started_at": "first"}))
+    recorder.record(Change(task_id, {"state": "STARTED"}, {"started_at": "second"}))
+    announced = [Announcement.parse(pubsub.get_message(timeout=2)["data"]) for _ in range(3)]
+    assert [a.seq for a in announced] == [1, 2, 3]
+    assert [a.state for a in announced] == ["PENDING", "STARTED", "STARTED"]
+    logged = recorder.client.xrange(recorder.keys.log(task_id))
+    assert [entry_id for entry_id, _ in logged] == ["1-0", "2-0", "3-0"]
+    assert [fields["d"] for _, fields in logged] == [a.data for a in announced]
+    assert json.loads(announced[-1].data)["started_at"] == "first"
+    pubsub.close()
+
+
+def test_terminal_state_is_final(recorder):
+    task_id = create(recorder)
+    assert recorder.record(Change(task_id, {"state": "REVOKED"})).status is Status.RECORDED
+    late = recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    assert late.status is Status.TERMINAL
+    assert late.snapshot["state"] == "REVOKED"
+    assert late.snapshot["seq"] == 2
+
+
+def test_unknown_task_is_not_created_by_an_update(recorder):
+    outcome = recorder.record(Change("never-accepted", {"state": "STARTED"}))
+    assert outcome.status is Status.UNKNOWN
+    assert recorder.get("never-accepted") is None
+
+
+def test_values_reach_clients_exactly_as_encoded(recorder):
+    task_id = create(recorder)
+    value = {"float": 0.1 + 0.2, "big": 2**62, "text": "line\nid: 9\r\ndata: x\u2028", "empty": []}
+    data = recorder.record(Change(task_id, {"state": "SUCCESS", "result": value})).data
+    assert "\n" not in data and "\r" not in data
+    assert json.loads(data)["result"] == value
+
+
+def test_non_json_values_are_refused():
+    from service.record import dumps
+
+    with pytest.raises(ValueError):
+        dumps(float("nan"))
