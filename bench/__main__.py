@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -24,12 +25,28 @@ NOTES = """How each figure is taken:
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
 - Submissions: keep-alive clients posting `add` tasks for 5 s, with the worker paused (SIGSTOP)
-  so that the figure is the web's acceptance rate alone.
+  so that the figure is the web's acceptance rate alone. Most of that time is Celery's
+  synchronous publishing (kombu), which runs on the web's thread pool; at the default log level
+  (INFO) each accepted task also writes a log line (`BENCH_LOG_LEVEL=WARNING` gives ~20% more).
+
+The web runs as `service.launch.web_command` starts it: Hypercorn on uvloop, default settings.
+Server, worker, Redis and the load generators share the machine's cores, so the load generators'
+own work is inside every figure (the spread includes the clients' time to read 5,000 events).
 """
+
+# Each load-generating process holds up to half of the streams, plus a margin.
+_FILES_NEEDED = 2_600
 
 
 def main() -> int:
     raise_open_file_limit()
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < _FILES_NEEDED:
+        print(f"the open-file limit is below {_FILES_NEEDED}: raise it (ulimit -Hn) to bench "
+              "5,000 streams", file=sys.stderr)  # fmt: skip
+        return 2
+    load = os.getloadavg()
     started = time.monotonic()
     stack = Stack()
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
@@ -45,7 +62,7 @@ def main() -> int:
         subs = throughput.submissions(stack)
     finally:
         stack.stop()
-    text = report.write(many, lat, opens, subs, NOTES)
+    text = report.write(many, lat, opens, subs, NOTES, load)
     print()
     print(text)
     print(f"(written to {report.RESULTS}; {time.monotonic() - started:.0f} s in all)")

@@ -16,7 +16,7 @@ from bench.throughput import Rate
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
-def machine() -> list[tuple[str, str]]:
+def machine(load: tuple[float, float, float]) -> list[tuple[str, str]]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -39,6 +39,8 @@ def machine() -> list[tuple[str, str]]:
         ("Hypercorn", hypercorn),
         ("kernel", platform.release()),
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        # Other work on the machine while the bench ran makes every figure worse.
+        ("load average before the run (1, 5, 15 min)", ", ".join(f"{x:.2f}" for x in load)),
     ]
 
 
@@ -85,9 +87,16 @@ def table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def write(s: StreamsResult, lat: LatencyResult, opens: Rate, subs: Rate, notes: str) -> str:
+def write(
+    s: StreamsResult,
+    lat: LatencyResult,
+    opens: Rate,
+    subs: Rate,
+    notes: str,
+    load: tuple[float, float, float],
+) -> str:
     figures = table(("measure", "result", "target", "met"), rows(s, lat, opens, subs))
-    host = table(("machine", ""), machine())
+    host = table(("machine", ""), machine(load))
     text = (
         "# Benchmark results\n\n"
         "`make bench` (`python -m bench`): one Hypercorn web process, one Celery worker and a "

@@ -1,6 +1,7 @@
 """The system under measurement: a private Redis, one worker and ONE web process of our own.
 
-BENCH_WEB_ARGS (bench only) adds Hypercorn options to the web's command, to try some out.
+BENCH_WEB_ARGS (bench only) adds Hypercorn options to the web's command, to try some out;
+BENCH_LOG_LEVEL sets the web's and worker's LOG_LEVEL (default: the service's own, INFO).
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class Stack:
             REDIS_URL=self.redis.url,
             KEY_PREFIX=self.prefix,
             PYTHONUNBUFFERED="1",
-            # Per-request log lines would be most of the web's work in the submission figure.
-            LOG_LEVEL="WARNING",
         )
+        # The service's own default (INFO: a line per accepted task) unless asked otherwise.
+        if os.environ.get("BENCH_LOG_LEVEL"):
+            env["LOG_LEVEL"] = os.environ["BENCH_LOG_LEVEL"]
         return env
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
