@@ -156,14 +156,19 @@ class Streams:
         async def one() -> None:
             async with gate:
                 for attempt in range(5):
+                    conn = None
                     try:
                         conn = await self.open()
-                        conns.append(conn)
                         # Hold the gate until the server has answered: fewer half-open accepts.
                         await asyncio.wait_for(asyncio.shield(conn.first), 30)
-                        return
                     except (OSError, TimeoutError):
+                        if conn is not None and conn.transport is not None:
+                            conn.transport.close()
                         await asyncio.sleep(0.05 * (attempt + 1))
+                        continue
+                    if conn.events:
+                        conns.append(conn)
+                        return
                 self.errors += 1
 
         await asyncio.gather(*(one() for _ in range(n)))
