@@ -13,7 +13,7 @@ from service.launch import raise_open_file_limit
 NOTES = """How each figure is taken:
 
 - Open streams: two client processes open 5,000 SSE connections in all to
-  `/tasks/{id}/events` of one `sleep` task that reports progress every 2 s. Memory is the
+  `/tasks/{id}/events` of one `sleep` task that reports progress every second. Memory is the
   VmRSS of the process that serves the app (Hypercorn's worker) with the streams open, minus
   before, divided by the streams. Redis connections are those in Redis's `CLIENT LIST` whose
   address is a socket of that process. The spread of a change is the time from the first

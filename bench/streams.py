@@ -30,7 +30,7 @@ class StreamsResult:
 
 
 def measure(
-    stack: Stack, n: int = 5_000, clients: int = 2, step: float = 2.0, live_events: int = 3
+    stack: Stack, n: int = 5_000, clients: int = 2, step: float = 1.0, live_events: int = 6
 ) -> StreamsResult:
     # A task that changes every `step` seconds for longer than we need; cancelled at the end,
     # which ends every stream with REVOKED.
