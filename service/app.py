@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Quart
 
-from service import problems
+from service import openapi, problems
 from service.config import Settings
 from service.routes import bp
 from service.services import Services
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.extensions["celery"] = svc.celery
     problems.register(app)
     app.register_blueprint(bp)
+    openapi.install(app)
 
     @app.before_serving
     async def _start() -> None:

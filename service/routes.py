@@ -6,13 +6,15 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
 
+from service.models import MAX_EVENT_ID, SubmitBody
 from service.problems import Problem
 from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
 from service.services import services
@@ -28,14 +30,6 @@ _MAX_ID_LENGTH = 64
 # How many tasks one list request may examine while filtering, so a filter that matches little
 # costs a bounded amount; the cursor carries on from where it stopped.
 _LIST_SCAN_LIMIT = 2_000
-
-
-class SubmitBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-    task: str = Field(min_length=1, max_length=200)
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 def _json(data: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -199,9 +193,13 @@ def _last_event_id() -> int | None:
         value = int(raw.strip())
     except ValueError:
         value = -1
-    if value < 0:
+    # Redis stream ids are 64-bit: a larger one would fail mid-stream, after the 200 is sent.
+    if not 0 <= value <= MAX_EVENT_ID:
         raise Problem(
-            400, "Bad event id", f"{source} must be a non-negative integer.", kind="bad-event-id"
+            400,
+            "Bad event id",
+            f"{source} must be an integer from 0 to {MAX_EVENT_ID}.",
+            kind="bad-event-id",
         )
     return value
 
@@ -269,6 +267,9 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, task_id = raw.split(" ", 1)
+        # Redis refuses NaN as a score bound; no cursor this service gives out holds one.
+        if math.isnan(float(score)):
+            raise ValueError(score)
         return float(score), task_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Problem(

@@ -1,0 +1,252 @@
+"""The shapes that cross the HTTP boundary, as pydantic models.
+
+The routes validate with them where they validate (`SubmitBody`), and the OpenAPI document
+(service/openapi.py) is generated from them, so the document cannot drift from what is checked.
+The snapshot itself is written by the record's Lua script; `TaskSnapshot` describes it, and the
+tests check real answers against the document.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    Json,
+    RootModel,
+    create_model,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
+
+from tasks.registry import REGISTRY
+
+State = Literal[
+    "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
+]
+
+# The largest event id a client may send back (Redis stream ids are 64-bit).
+MAX_EVENT_ID = 2**63 - 1
+
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+EVENT_STREAM = "text/event-stream"
+HTML = "text/html"
+
+
+class Progress(BaseModel):
+    """How far a running task has got, as its latest `PROGRESS` change reported."""
+
+    current: float = Field(description="Work done so far, in the task's own units.")
+    total: float | None = Field(description="Work in all, when the task knows it.")
+    percent: float | None = Field(
+        ge=0, le=100, description="current / total as a percentage, one decimal; null if no total."
+    )
+    message: str | None = Field(description="What the task says it is doing.")
+
+
+class TaskError(BaseModel):
+    """Why a task failed (`FAILURE`), or why its latest attempt failed (`RETRY`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="The exception's class name.")
+    message: str = Field(description="The exception's message.")
+    traceback: str | None = Field(None, description="Only when the operator turned tracebacks on.")
+
+
+class TaskLinks(BaseModel):
+    self: str = Field(description="The task's snapshot: GET it to poll, DELETE it to cancel.")
+    events: str = Field(description="The task's event stream.")
+
+
+class TaskSnapshot(BaseModel):
+    """The task as it stands after its latest change: every poll answer and every stream event."""
+
+    id: str = Field(description="The task's id, assigned on submission.")
+    task: str = Field(description="The registered task's name.")
+    state: State = Field(description="Celery's name for the task's state.")
+    seq: int = Field(
+        ge=1, description="Counts this task's changes, 1, 2, 3 …; the stream's event id."
+    )
+    progress: Progress | None = Field(description="The latest progress report, if any.")
+    result: Any = Field(description="The task's JSON return value once `SUCCESS`, else null.")
+    error: TaskError | None = Field(description="Set once `FAILURE` (and while `RETRY`).")
+    retries: int = Field(ge=0, description="How many times the task has been retried.")
+    submitted_at: str = Field(description="When the task was accepted (UTC, ISO 8601, µs).")
+    started_at: str | None = Field(description="When a worker first started it.")
+    finished_at: str | None = Field(description="When it reached a terminal state.")
+    updated_at: str = Field(description="When its latest change happened, stamped by its maker.")
+    links: TaskLinks
+
+
+class TaskPage(BaseModel):
+    """Recent tasks, newest first."""
+
+    items: list[TaskSnapshot]
+    next: str | None = Field(
+        description="Pass as `cursor` for the next page; null when there are no more."
+    )
+
+
+class TaskType(BaseModel):
+    """A task clients may submit."""
+
+    name: str
+    description: str
+    schema_: dict[str, Any] = Field(
+        alias="schema", description="JSON Schema of the task's keyword arguments."
+    )
+
+
+class TaskTypes(RootModel[list[TaskType]]):
+    """Every submittable task with the JSON Schema of its arguments."""
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether this process can serve: Redis answers and the event subscriber is live."""
+
+    status: Literal["ready", "not ready"]
+    redis: bool
+    subscriber: bool
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="The bad field, as the client wrote it (`x`, `args[2]`).")
+    message: str
+    type: str = Field(description="A machine-readable kind of mistake.")
+
+
+class ProblemDetails(BaseModel):
+    """An RFC 9457 problem document: the one shape every error answer takes."""
+
+    model_config = ConfigDict(extra="allow")
+    media_type: ClassVar[str] = PROBLEM_JSON
+
+    type: str = Field(
+        description="A relative URI naming the kind of problem, or `about:blank`.",
+        examples=["/problems/validation"],
+    )
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str | None = Field(None, description="What went wrong with this request.")
+    errors: list[FieldProblem] | None = Field(
+        None, description="For 422: each bad field and what is wrong with it."
+    )
+
+
+class SubmitBody(BaseModel):
+    """A task to run: the name of a registered task and its arguments.
+
+    Positional `args` bind to the task's arguments in the order `GET /task-types` lists them.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200)
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: cs.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # The envelope is validated here and each task's arguments by its own model (tasks/
+        # registry.py); documented as one alternative per task so a reader sees every shape.
+        bodies = [handler(model.__pydantic_core_schema__) for model in _submissions()]
+        if not bodies:
+            return handler(core_schema)
+        # Each alternative fixes `task` to one name, so exactly one of them can match.
+        return {"oneOf": bodies, "description": inspect.getdoc(cls)}
+
+
+def _submissions() -> list[type[BaseModel]]:
+    models = []
+    for name, task_type in sorted(REGISTRY.items()):
+        model = create_model(
+            f"Submit{name.title().replace('_', '')}",
+            __config__=ConfigDict(strict=True, extra="forbid", title=f"Submit {name}"),
+            __doc__=f"Submit `{name}`: {task_type.description}",
+            task=(Literal[name], ...),  # type: ignore[valid-type]
+            args=(list[Any], Field(default_factory=list, description="Positional arguments.")),
+            kwargs=(task_type.arguments, Field(None, description="Keyword arguments.")),
+        )
+        models.append(model)
+    return models
+
+
+class StreamQuery(BaseModel):
+    last_event_id: int = Field(
+        None,
+        ge=0,
+        le=MAX_EVENT_ID,
+        description="Resume after this seq (0 replays all that is retained). For a first "
+        "connection, which a browser cannot give headers; the `Last-Event-ID` header wins.",
+    )
+
+
+class StreamHeaders(BaseModel):
+    last_event_id: str = Field(
+        None,
+        alias="Last-Event-ID",
+        pattern=r"^\s*[0-9]*\s*$",
+        description="The last event id seen: the stream resumes after it. EventSource sends it "
+        "when it reconnects. A blank value counts as absent; the header wins over the query.",
+    )
+
+
+class PollHeaders(BaseModel):
+    if_none_match: str = Field(
+        None,
+        alias="If-None-Match",
+        description="The `ETag` of the snapshot the client holds: unchanged, the answer is 304.",
+    )
+
+
+class ListQuery(BaseModel):
+    state: list[State] = Field(
+        None, description="Only tasks in these states (repeat, or separate with commas)."
+    )
+    task: list[str] = Field(
+        None, description="Only tasks of these names (repeat, or separate with commas)."
+    )
+    limit: int = Field(20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX.")
+    cursor: str = Field(None, description="The `next` value of the previous page.")
+
+
+class TaskEvent(BaseModel):
+    """One event of a `text/event-stream` answer (WHATWG server-sent events).
+
+    The stream opens with a `retry:` field, then sends one unnamed event per change: `id:` the
+    change's sequence number, `data:` the task's snapshot as one line of JSON. While nothing
+    changes, `: keepalive` comments go out. In OpenAPI 3.1 a stream's `schema` describes each
+    event, read as {id, event, data}.
+    """
+
+    media_type: ClassVar[str] = EVENT_STREAM
+
+    id: str = Field(
+        pattern=r"^[0-9]+$",
+        description="The snapshot's `seq` (per-task stream) or the global sequence number "
+        "(`GET /events`); send it back as `Last-Event-ID` to resume.",
+    )
+    event: Literal["message"] = Field(
+        "message", description="Events are unnamed, so EventSource's `onmessage` gets them all."
+    )
+    data: Json[TaskSnapshot] = Field(description="The task's snapshot after this change.")
+
+
+class HtmlPage(BaseModel):
+    """An HTML page."""
+
+    media_type: ClassVar[str] = HTML

@@ -1,0 +1,323 @@
+"""The OpenAPI document (`GET /openapi.json`) and its docs page (`GET /docs`).
+
+quart-schema walks the app's URL map and turns the models of service/models.py into parameters,
+request bodies and components. Its decorators are used for documentation only: POST /tasks keeps
+its own validation, so its problem documents stay as they are. What quart-schema cannot say by
+itself (problem+json and event-stream media types, response headers, one description per status)
+comes from the table below, keyed by endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Quart, Response, current_app
+from quart_schema import QuartSchema, document_headers, document_querystring, document_request
+from quart_schema.openapi import OpenAPIProvider
+from werkzeug.routing.rules import Rule
+
+from service import models as m
+
+_REF = "#/components/schemas/{model}"
+_TEXT = {"schema": {"type": "string"}}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One documented response: its model (None for no body) and what it means here."""
+
+    model: type[BaseModel] | None
+    description: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _problem(description: str, **headers: str) -> Answer:
+    return Answer(m.ProblemDetails, description, headers)
+
+
+_NOT_FOUND = _problem("No task with this id was accepted here, or it has expired.")
+_BAD_EVENT_ID = _problem("`Last-Event-ID` or `last_event_id` is not an integer from 0 to 2⁶³-1.")
+_ETAG = {"ETag": "The snapshot's version (its `seq`, quoted); send it back as `If-None-Match`."}
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    answers: dict[int, Answer]
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    request: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    headers: type[BaseModel] | None = None
+
+
+OPERATIONS: dict[str, Operation] = {
+    "tasks.submit": Operation(
+        "Submit a task",
+        {
+            202: Answer(
+                m.TaskSnapshot,
+                "Accepted and queued: the snapshot, state `PENDING`, `seq` 1.",
+                {"Location": "The new task's URL, `/tasks/{id}`."},
+            ),
+            400: _problem("The body is not valid JSON."),
+            404: _problem("No submittable task has this name; `available` lists those that do."),
+            413: _problem("The body is larger than MAX_BODY_BYTES."),
+            415: _problem("The body is not `application/json`."),
+            422: _problem("The body or the task's arguments do not fit; `errors` names each."),
+            503: _problem(
+                "The task queue is not reachable; the task is recorded as failed.",
+                **{"Retry-After": "Seconds to wait before trying again."},
+            ),
+        },
+        tags=("tasks",),
+        request=m.SubmitBody,
+    ),
+    "tasks.list_tasks": Operation(
+        "List recent tasks, newest first",
+        {
+            200: Answer(m.TaskPage, "A page of snapshots and the cursor of the next."),
+            400: _problem("The cursor is not one this service gave out."),
+            422: _problem("A query parameter is not valid; `errors` names each."),
+        },
+        tags=("tasks",),
+        query=m.ListQuery,
+    ),
+    "tasks.status": Operation(
+        "Get a task's snapshot",
+        {
+            200: Answer(m.TaskSnapshot, "The task as it stands.", _ETAG),
+            304: Answer(None, "Unchanged since the `If-None-Match` version.", _ETAG),
+            404: _NOT_FOUND,
+        },
+        tags=("tasks",),
+        headers=m.PollHeaders,
+    ),
+    "tasks.cancel": Operation(
+        "Cancel a task",
+        {
+            202: Answer(m.TaskSnapshot, "Cancelled: the snapshot, state `REVOKED`."),
+            404: _NOT_FOUND,
+            409: _problem("The task had already finished; `state` says how."),
+        },
+        description="A task that had not started never starts; a running one is stopped.",
+        tags=("tasks",),
+    ),
+    "tasks.task_events": Operation(
+        "Follow one task's changes",
+        {
+            200: Answer(
+                m.TaskEvent,
+                "The stream; it ends after the terminal snapshot. `: keepalive` while idle.",
+            ),
+            204: Answer(None, "The client has already seen the terminal snapshot: stop."),
+            400: _BAD_EVENT_ID,
+            404: _NOT_FOUND,
+        },
+        description="The first event is the current snapshot (or, when resuming, every retained "
+        "change after the given id), then every later change in `seq` order, none skipped, none "
+        "repeated.",
+        tags=("streams",),
+        query=m.StreamQuery,
+        headers=m.StreamHeaders,
+    ),
+    "tasks.all_events": Operation(
+        "Follow every task's changes",
+        {
+            200: Answer(m.TaskEvent, "The stream; it never ends by itself."),
+            400: _BAD_EVENT_ID,
+        },
+        description="One stream for dashboards; the event id is a global sequence number. "
+        "It does not end by itself.",
+        tags=("streams",),
+        query=m.StreamQuery,
+        headers=m.StreamHeaders,
+    ),
+    "tasks.task_types": Operation(
+        "List the tasks that may be submitted",
+        {200: Answer(m.TaskTypes, "Each task's name, description and argument schema.")},
+        tags=("tasks",),
+    ),
+    "tasks.healthz": Operation(
+        "Liveness", {200: Answer(m.Health, "The process answers.")}, tags=("operations",)
+    ),
+    "tasks.readyz": Operation(
+        "Readiness",
+        {
+            200: Answer(m.Readiness, "Redis answers and the event subscriber is live."),
+            503: Answer(m.Readiness, "Not ready; the body says which part is missing."),
+        },
+        tags=("operations",),
+    ),
+    "tasks.dashboard": Operation(
+        "The dashboard page",
+        {200: Answer(m.HtmlPage, "The page."), 404: _problem("The page is not installed.")},
+        tags=("pages",),
+    ),
+    "openapi": Operation(
+        "This OpenAPI document",
+        {200: Answer(None, "The document.")},
+        tags=("pages",),
+    ),
+    "docs": Operation(
+        "A readable page of this document", {200: Answer(m.HtmlPage, "The page.")}, tags=("pages",)
+    ),
+    "static": Operation(
+        "The pages' static files",
+        {200: Answer(None, "The file."), 404: _problem("No such file.")},
+        tags=("pages",),
+    ),
+}
+
+# Any route may answer these; documented everywhere so that a client knows their shape.
+_COMMON = {500: _problem("A fault on the server; the body never holds a traceback.")}
+
+
+class _Provider(OpenAPIProvider):
+    def generate_rules(self) -> Any:
+        # quart-schema hides its own and the static routes; this document lists every route.
+        return [rule for rule in self._app.url_map.iter_rules() if not rule.websocket]
+
+    def schema(self) -> dict[str, Any]:
+        document = super().schema()
+        document["openapi"] = "3.1.0"
+        document["info"]["description"] = (
+            "Run jobs on Celery workers and follow every change live over Server-Sent Events. "
+            "Errors are RFC 9457 problem documents (`application/problem+json`)."
+        )
+        components = document["components"]["schemas"]
+        for name, model in (("TaskSnapshot", m.TaskSnapshot), ("ProblemDetails", m.ProblemDetails)):
+            components.setdefault(name, self._component(model, components))
+        return _drop_null_defaults(document)
+
+    def build_headers_parameters(self, model: type[BaseModel]) -> tuple[list, dict]:
+        # quart-schema would kebab-case field names; the aliases are the real header names.
+        schema = model.model_json_schema(by_alias=True, ref_template=_REF)
+        parameters = []
+        for name, prop in schema["properties"].items():
+            description = prop.pop("description", None)
+            param = {"name": name, "in": "header", "schema": prop}
+            if description:
+                param["description"] = description
+            parameters.append(param)
+        return parameters, schema.get("$defs", {})
+
+    def build_querystring_parameters(self, model: type[BaseModel]) -> tuple[list, dict]:
+        parameters, definitions = super().build_querystring_parameters(model)
+        settings = self._app.extensions["taskstream"].settings
+        for param in parameters:
+            if param["schema"].get("type") == "array":
+                param["style"], param["explode"] = "form", True
+            if param["name"] == "limit":
+                # Configurable (LIST_LIMIT_MAX), so the document states this deployment's bound.
+                param["schema"]["maximum"] = settings.list_limit_max
+        return parameters, definitions
+
+    def build_request_body(self, model: type[BaseModel], source: Any) -> tuple[dict, dict]:
+        body, definitions = super().build_request_body(model, source)
+        body["required"] = True
+        return body, definitions
+
+    def build_paths(self, rule: Rule) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        operation = OPERATIONS.get(rule.endpoint)
+        for item in paths.values():
+            for method, op in item.items():
+                op = item[method] = dict(op)
+                op.setdefault("operationId", f"{method}_{rule.endpoint.replace('.', '_')}")
+                if operation is None:
+                    op["responses"] = {"default": {"description": "Not described yet."}}
+                    continue
+                op["summary"] = operation.summary
+                if operation.description:
+                    op["description"] = operation.description
+                if operation.tags:
+                    op["tags"] = list(operation.tags)
+                op["responses"] = {
+                    str(status): self._response(answer, components)
+                    for status, answer in {**operation.answers, **_COMMON}.items()
+                }
+        return paths, components
+
+    def _component(self, model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template=_REF, mode="serialization")
+        components.update(schema.pop("$defs", {}))
+        return schema
+
+    def _ref(self, model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+        name = model.__name__
+        if name not in components:
+            components[name] = self._component(model, components)
+        return {"$ref": _REF.format(model=name)}
+
+    def _response(self, answer: Answer, components: dict[str, Any]) -> dict[str, Any]:
+        response: dict[str, Any] = {"description": answer.description}
+        if answer.headers:
+            response["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in answer.headers.items()
+            }
+        model = answer.model
+        if model is None:
+            return response
+        media_type = getattr(model, "media_type", m.JSON)
+        if media_type == m.EVENT_STREAM:
+            # Validation mode: it writes `data` as a JSON text (contentSchema), as it is sent.
+            schema = model.model_json_schema(ref_template=_REF, mode="validation")
+            components.update(schema.pop("$defs", {}))
+            components.setdefault(model.__name__, schema)
+            content = {"schema": {"$ref": _REF.format(model=model.__name__)}}
+        elif media_type == m.HTML:
+            content = _TEXT
+        else:
+            content = {"schema": self._ref(model, components)}
+        response["content"] = {media_type: content}
+        return response
+
+
+def _drop_null_defaults(node: Any) -> Any:
+    # Optional query fields default to "absent", which pydantic writes as `default: null`.
+    if isinstance(node, dict):
+        return {
+            k: _drop_null_defaults(v) for k, v in node.items() if not (k == "default" and v is None)
+        }
+    if isinstance(node, list):
+        return [_drop_null_defaults(v) for v in node]
+    return node
+
+
+async def _docs_page() -> Response:
+    return await current_app.send_static_file("docs.html")
+
+
+def install(app: Quart) -> None:
+    """Serve the document and the docs page; call after every blueprint is registered."""
+    for endpoint, operation in OPERATIONS.items():
+        view = app.view_functions.get(endpoint)
+        if view is None:
+            continue
+        if operation.request is not None:
+            document_request(operation.request)(view)
+        if operation.query is not None:
+            document_querystring(operation.query)(view)
+        if operation.headers is not None:
+            document_headers(operation.headers)(view)
+    app.add_url_rule("/docs", "docs", _docs_page)
+    QuartSchema(
+        app,
+        info={"title": "taskstream", "version": "0.1.0"},
+        tags=[
+            {"name": "tasks", "description": "Submit, poll, list and cancel tasks."},
+            {"name": "streams", "description": "Server-sent events: every change, live."},
+            {"name": "operations", "description": "Liveness and readiness probes."},
+            {"name": "pages", "description": "Pages for people and this document."},
+        ],
+        openapi_path="/openapi.json",
+        # quart-schema's own pages load their scripts from CDNs; /docs is served from here.
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        openapi_provider_class=_Provider,
+    )
