@@ -26,6 +26,11 @@ class StreamOptions:
     retry_ms: int
 
 
+def _seq_and_state(data: str) -> tuple[int, str]:
+    snapshot = json.loads(data)
+    return snapshot["seq"], snapshot["state"]
+
+
 def _is_terminal(data: str) -> bool:
     return json.loads(data)["state"] in TERMINAL_STATES
 
@@ -45,12 +50,12 @@ async def task_stream(
     """
     try:
         yield sse.retry(options.retry_ms)
-        snapshot = json.loads(current)
-        if after is None or after > snapshot["seq"]:
-            yield sse.event(snapshot["seq"], current)
-            if snapshot["state"] in TERMINAL_STATES:
+        seq, state = _seq_and_state(current)
+        if after is None or after > seq:
+            yield sse.event(seq, current)
+            if state in TERMINAL_STATES:
                 return
-            sent = snapshot["seq"]
+            sent = seq
         else:
             caught = await _catch_up(record, task_id, after, allow_gap=after == 0)
             for frame in caught.frames:
@@ -58,6 +63,10 @@ async def task_stream(
             if caught.done:
                 return
             sent = caught.sent
+            del caught
+        # A stream may stay open for hours: its frame keeps no snapshot it has already sent
+        # (about 2.5 KB a stream with the parsed dict).
+        del current
         while True:
             item = await sub.next(options.keepalive_seconds)
             if item is None:

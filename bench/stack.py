@@ -1,0 +1,225 @@
+"""The system under measurement: a private Redis, one worker and ONE web process of our own.
+
+BENCH_WEB_ARGS (bench only) adds Hypercorn options to the web's command, to try some out;
+BENCH_LOG_LEVEL sets the web's and worker's LOG_LEVEL (default: the service's own, INFO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from service.launch import PrivateRedis, free_port, web_command, worker_command
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stack:
+    worker_concurrency: int = 2
+    prefix: str = "bench"
+    logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="taskstream-bench-")))
+    redis: PrivateRedis = field(default_factory=PrivateRedis)
+    port: int = field(default_factory=free_port)
+    web: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis.url,
+            KEY_PREFIX=self.prefix,
+            PYTHONUNBUFFERED="1",
+        )
+        # The service's own default (INFO: a line per accepted task) unless asked otherwise.
+        if os.environ.get("BENCH_LOG_LEVEL"):
+            env["LOG_LEVEL"] = os.environ["BENCH_LOG_LEVEL"]
+        return env
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")  # open as long as the process
+        return subprocess.Popen(
+            cmd, env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def start(self) -> Stack:
+        self.redis.start()
+        self.worker = self._spawn("worker", worker_command(self.worker_concurrency))
+        extra = os.environ.get("BENCH_WEB_ARGS", "").split()
+        self.web = self._spawn("web", web_command("127.0.0.1", self.port) + extra)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.web.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the web process did not start:\n{self.tail('web')}")
+            time.sleep(0.1)
+        # The worker is ready when it has run a task.
+        task = self.submit("add", x=1, y=2)
+        self.wait_done(task["id"], 60)
+        return self
+
+    def stop(self) -> None:
+        for proc in (self.web, self.worker):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (self.web, self.worker):
+            if proc is None:
+                continue
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.redis.stop()
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def pause_worker(self, paused: bool) -> None:
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    # --- the HTTP API, for setting up each measurement
+
+    def submit(self, task: str, **kwargs: Any) -> dict[str, Any]:
+        r = httpx.post(self.base + "/tasks", json={"task": task, "kwargs": kwargs}, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        return httpx.get(f"{self.base}/tasks/{task_id}", timeout=10).json()
+
+    def cancel(self, task_id: str) -> None:
+        httpx.delete(f"{self.base}/tasks/{task_id}", timeout=10)
+
+    def wait_state(self, task_id: str, states: set[str], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = self.get(task_id)
+            if snap["state"] in states:
+                return snap
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {snap['state']}")
+            time.sleep(0.05)
+
+    def wait_done(self, task_id: str, timeout: float) -> dict[str, Any]:
+        return self.wait_state(task_id, {"SUCCESS", "FAILURE", "REVOKED"}, timeout)
+
+    # --- the web process, seen from outside
+
+    def app_pid(self) -> int:
+        """The process that serves the app: Hypercorn's spawned worker, not its supervisor."""
+        assert self.web is not None
+        for child in _children(self.web.pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                return child
+        return self.web.pid
+
+    def rss_kb(self) -> int:
+        return _status_kb(self.app_pid(), "VmRSS")
+
+    def redis_connections(self) -> tuple[int, int]:
+        """(connections the web process holds to Redis, all connections Redis has)."""
+        ports = _tcp_local_ports(self.app_pid())
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            clients = client.client_list()
+        finally:
+            client.close()
+        mine = sum(1 for c in clients if int(c["addr"].rsplit(":", 1)[1]) in ports)
+        return mine, len(clients)
+
+
+def client_process(mode: str, **args: Any) -> subprocess.Popen[str]:
+    """A load generator of its own (bench.client), reporting on stdout."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.client", mode, json.dumps(args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[str, Any]:
+    """The next report of `kind` from a client process."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client exited ({proc.wait()}) before reporting {kind}")
+        report = json.loads(line)
+        if report["kind"] == kind:
+            return report
+    raise TimeoutError(f"no {kind} report within {timeout} s")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces: the parent pid is the 2nd field after its ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _tcp_local_ports(pid: int) -> set[int]:
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[9] in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -1,0 +1,101 @@
+"""Many open streams on one task: the web's memory per stream, its Redis connections, and how
+far apart in time all of them receive the same change."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bench.stack import Stack, client_process, read_report
+
+
+@dataclass
+class StreamsResult:
+    streams: int
+    opened: int
+    open_seconds: float
+    rss_before_kb: int
+    rss_after_kb: int
+    redis_before: int
+    redis_after: int
+    redis_total_after: int
+    spreads_ms: list[float]
+    terminal_spread_ms: float | None
+    incomplete_events: int
+    errors: int
+
+    @property
+    def kb_per_stream(self) -> float:
+        return (self.rss_after_kb - self.rss_before_kb) / max(self.opened, 1)
+
+
+def measure(
+    stack: Stack, n: int = 5_000, clients: int = 2, step: float = 1.0, live_events: int = 6
+) -> StreamsResult:
+    # A task that changes every `step` seconds for longer than we need; cancelled at the end,
+    # which ends every stream with REVOKED.
+    task = stack.submit("sleep", seconds=step * 500, steps=500)
+    task_id = task["id"]
+    stack.wait_state(task_id, {"STARTED", "PROGRESS"}, 30)
+    time.sleep(0.5)
+    rss_before = stack.rss_kb()
+    redis_before, _ = stack.redis_connections()
+
+    path = f"/tasks/{task_id}/events"
+    share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    started = time.monotonic()
+    procs = [
+        client_process(
+            "hold", host="127.0.0.1", port=stack.port, path=path, n=k, parallel=100, seconds=180
+        )
+        for k in share
+    ]
+    readies = [read_report(p, "ready", 180) for p in procs]
+    open_seconds = time.monotonic() - started
+    opened = sum(r["opened"] for r in readies)
+
+    time.sleep(1.0)  # let the last opens settle before reading memory
+    rss_after = stack.rss_kb()
+    redis_after, redis_total = stack.redis_connections()
+    # Reading /proc for 10,000 sockets takes this process (and the kernel) a while: time the
+    # spread only over the changes after that, so that it does not compete with the fan-out.
+    measured_at = time.monotonic()
+
+    # Watch a few live changes reach everyone, then cancel: the REVOKED snapshot is one more.
+    time.sleep(step * live_events + 0.5)
+    stack.cancel(task_id)
+    dones = [read_report(p, "done", 120) for p in procs]
+    for p in procs:
+        p.wait(30)
+
+    merged: dict[int, list[float]] = {}
+    for done in dones:
+        for seq, (count, first, last) in done["seqs"].items():
+            m = merged.setdefault(int(seq), [0, first, last])
+            m[0] += count
+            m[1] = min(m[1], first)
+            m[2] = max(m[2], last)
+    live = sorted(s for s, (_, first, _) in merged.items() if first > measured_at)
+    incomplete = sum(1 for s in live if merged[s][0] != opened)
+    # The last change is the REVOKED snapshot, after which each stream also ends.
+    terminal = live.pop() if live else None
+    spreads = [(merged[s][2] - merged[s][1]) * 1000 for s in live if merged[s][0] == opened]
+    terminal_spread = (
+        (merged[terminal][2] - merged[terminal][1]) * 1000
+        if terminal is not None and merged[terminal][0] == opened
+        else None
+    )
+    return StreamsResult(
+        streams=n,
+        opened=opened,
+        open_seconds=open_seconds,
+        rss_before_kb=rss_before,
+        rss_after_kb=rss_after,
+        redis_before=redis_before,
+        redis_after=redis_after,
+        redis_total_after=redis_total,
+        spreads_ms=spreads,
+        terminal_spread_ms=terminal_spread,
+        incomplete_events=incomplete,
+        errors=sum(r["errors"] for r in readies) + sum(d["errors"] for d in dones),
+    )

@@ -1,0 +1,51 @@
+"""What one web process sustains: stream opens a second, and submissions a second."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.stack import Stack, client_process, read_report
+
+
+@dataclass
+class Rate:
+    completed: int
+    failed: int
+    seconds: float
+    concurrency: int
+
+    @property
+    def per_second(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+
+def stream_opens(stack: Stack, concurrency: int = 50, seconds: float = 5.0) -> Rate:
+    """Open a stream on a running task, receive its first event, close; many clients at once."""
+    task = stack.submit("sleep", seconds=600, steps=10)
+    stack.wait_state(task["id"], {"STARTED", "PROGRESS"}, 30)
+    proc = client_process(
+        "opens",
+        host="127.0.0.1",
+        port=stack.port,
+        path=f"/tasks/{task['id']}/events",
+        concurrency=concurrency,
+        seconds=seconds,
+    )
+    done = read_report(proc, "done", seconds + 60)
+    proc.wait(30)
+    stack.cancel(task["id"])
+    return Rate(done["completed"], done["failed"], done["seconds"], concurrency)
+
+
+def submissions(stack: Stack, concurrency: int = 32, seconds: float = 5.0) -> Rate:
+    """POST /tasks (add) from many keep-alive clients, the worker paused: the web's rate alone."""
+    stack.pause_worker(True)
+    try:
+        proc = client_process(
+            "submit", host="127.0.0.1", port=stack.port, concurrency=concurrency, seconds=seconds
+        )
+        done = read_report(proc, "done", seconds + 60)
+        proc.wait(30)
+    finally:
+        stack.pause_worker(False)
+    return Rate(done["accepted"], done["other"], done["seconds"], concurrency)
