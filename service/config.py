@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+def redis_tls_options(url: str) -> dict[str, Any] | None:
+    """TLS settings for Celery's broker from a `rediss://` REDIS_URL, verifying by default.
+
+    redis-py reads `ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` from the
+    URL's query itself; kombu does not, and without them it would connect unverified.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": reqs.get(query.get("ssl_cert_reqs", "required").lower(), ssl.CERT_REQUIRED)
+    }
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(name):
+            options[name] = query[name]
+    return options
 
 
 def _env_int(name: str, default: int) -> int:

@@ -62,15 +62,18 @@ class PrivateRedis:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="taskstream-redis-"))
+    # For tests: a password, TLS, persistence or a redis-server binary of another build.
+    extra_args: list[str] = field(default_factory=list)
+    binary: str | None = None
+    url: str = ""
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def __post_init__(self) -> None:
+        self.url = self.url or f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
         self.process = subprocess.Popen(
             [
-                redis_server_binary(),
+                self.binary or redis_server_binary(),
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
@@ -78,6 +81,7 @@ class PrivateRedis:
                 "--dir", self.workdir,
                 "--protected-mode", "yes",
                 "--loglevel", "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip

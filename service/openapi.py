@@ -172,7 +172,13 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 # Any route may answer these; documented everywhere so that a client knows their shape.
-_COMMON = {500: _problem("A fault on the server; the body never holds a traceback.")}
+_COMMON = {
+    500: _problem("A fault on the server; the body never holds a traceback."),
+    503: _problem(
+        "Redis (the task store) is not reachable; try again shortly.",
+        **{"Retry-After": "Seconds to wait before trying again."},
+    ),
+}
 
 
 class _Provider(OpenAPIProvider):
@@ -237,7 +243,7 @@ class _Provider(OpenAPIProvider):
                     op["tags"] = list(operation.tags)
                 op["responses"] = {
                     str(status): self._response(answer, components)
-                    for status, answer in {**operation.answers, **_COMMON}.items()
+                    for status, answer in {**_COMMON, **operation.answers}.items()
                 }
         return paths, components
 

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from quart import Quart, Response
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ def register(app: Quart) -> None:
     async def _http(exc: HTTPException) -> Response:
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         return Problem(exc.code or 500, exc.name, exc.description, headers=headers).response()
+
+    @app.errorhandler(RedisError)
+    async def _store_down(exc: RedisError) -> Response:
+        # Say what kind of failure, never the message: it can carry the Redis address.
+        log.error("Redis unavailable: %s", type(exc).__name__)
+        return Problem(
+            503,
+            "Service Unavailable",
+            "The task store is not reachable; try again shortly.",
+            kind="store-unavailable",
+            headers={"Retry-After": "2"},
+        ).response()
 
     @app.errorhandler(Exception)
     async def _fault(exc: Exception) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.config import Settings
+from service.config import Settings, redis_tls_options
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -17,6 +17,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("taskstream")
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_use_ssl=redis_tls_options(settings.redis_url),
         # The event record is the only result store: clients read states from it, never from a
         # Celery backend, so there is nothing to configure (or leak) there.
         result_backend=None,
