@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from quart import Quart
+from quart import Quart, Response, request
 
 from service import openapi, problems
 from service.config import Settings
 from service.routes import bp
 from service.services import Services
+from service.write_timeout import WriteTimeout
 from tasks.celery_app import create_celery
 
 
-def create_app(settings: Settings | None = None) -> Quart:
+def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> Quart:
+    """The web app. `handle_signals` (the served app, not tests) ends open streams on SIGTERM."""
     settings = settings or Settings.from_env()
     app = Quart(__name__, static_folder="static")
     app.config.update(
@@ -28,9 +30,21 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.register_blueprint(bp)
     openapi.install(app)
 
+    app.asgi_app = WriteTimeout(  # type: ignore[method-assign]
+        app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
+    )
+
+    @app.after_request
+    async def _count(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        svc.metrics.request(rule, request.method, response.status_code)
+        return response
+
     @app.before_serving
     async def _start() -> None:
         await svc.start()
+        if handle_signals:
+            svc.end_streams_on_shutdown_signals()
 
     @app.after_serving
     async def _stop() -> None:

@@ -13,7 +13,7 @@ logging.basicConfig(
 )
 
 raise_open_file_limit()
-app = create_app()
+app = create_app(handle_signals=True)
 
 # Thousands of open streams make CPython's full collections long (~0.6 s for 5,000 streams on a
 # 2-core VM: the loop stops and every stream waits). Each change leaves every waiting stream with

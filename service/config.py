@@ -68,6 +68,8 @@ class Settings:
     sse_retry_ms: int = 2_000
     # Changes buffered in memory per stream before it falls back to reading the stored log.
     stream_buffer: int = 64
+    # A client whose socket takes no data for this long is dropped (0 = never).
+    stream_write_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024
     list_limit_max: int = 200
     # Seconds after which an unacknowledged task message is handed to another worker. A task whose
@@ -97,6 +99,9 @@ class Settings:
             ),
             "sse_retry_ms": _env_int("SSE_RETRY_MS", cls.sse_retry_ms),
             "stream_buffer": _env_int("STREAM_BUFFER", cls.stream_buffer),
+            "stream_write_timeout_seconds": _env_float(
+                "STREAM_WRITE_TIMEOUT_SECONDS", cls.stream_write_timeout_seconds
+            ),
             "max_body_bytes": _env_int("MAX_BODY_BYTES", cls.max_body_bytes),
             "list_limit_max": _env_int("LIST_LIMIT_MAX", cls.list_limit_max),
             "visibility_timeout_seconds": _env_int(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Final
 
 from service.record import Announcement
@@ -29,6 +29,16 @@ class _Resync:
 RESYNC: Final = _Resync()
 
 
+class _Close:
+    """Marker: the process is shutting down; end the stream (clients resume elsewhere)."""
+
+    def __repr__(self) -> str:
+        return "CLOSE"
+
+
+CLOSE: Final = _Close()
+
+
 class Subscription:
     """One stream's inbox: a bounded buffer of announcements.
 
@@ -37,7 +47,7 @@ class Subscription:
     still sees every change, in order, and memory stays bounded whatever the client's speed.
     """
 
-    __slots__ = ("_items", "_limit", "_resync", "_waiter", "task_id")
+    __slots__ = ("_closed", "_items", "_limit", "_resync", "_waiter", "task_id")
 
     def __init__(self, task_id: str | None, limit: int):
         self.task_id = task_id
@@ -47,6 +57,7 @@ class Subscription:
         # The one reader's wake-up while it waits. A bare future rather than an asyncio.Event,
         # whose deque of waiters costs ~700 bytes per stream and a loop over it per change.
         self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -69,8 +80,14 @@ class Subscription:
         self._resync = True
         self._wake()
 
-    async def next(self, wait: float) -> Announcement | _Resync | None:
-        """The next announcement, RESYNC, or None when `wait` seconds passed with nothing."""
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    async def next(self, wait: float) -> Announcement | _Resync | _Close | None:
+        """The next announcement, RESYNC, CLOSE, or None when `wait` seconds passed with nothing."""
+        if self._closed:
+            return CLOSE
         if not self._items and not self._resync:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -80,6 +97,8 @@ class Subscription:
                 return None
             finally:
                 self._waiter = None
+        if self._closed:
+            return CLOSE
         if self._resync:
             self._resync = False
             return RESYNC
@@ -105,15 +124,21 @@ class Hub:
         self._all: set[Subscription] = set()
         self._runner: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
+        self.closing = False
         # Counters for /metrics.
         self.reconnects = 0
         self.delivered = 0
         self.overflows = 0
         self.received = 0
+        self.by_state: Counter[str] = Counter()
 
     @property
     def live(self) -> bool:
         return self._live.is_set()
+
+    @property
+    def global_streams(self) -> int:
+        return len(self._all)
 
     @property
     def streams(self) -> int:
@@ -122,6 +147,8 @@ class Hub:
     def subscribe(self, task_id: str | None) -> Subscription:
         """Register a stream for one task's changes, or for every change with task_id=None."""
         sub = Subscription(task_id, self._buffer)
+        if self.closing:
+            sub.close()
         if task_id is None:
             self._all.add(sub)
         else:
@@ -161,12 +188,22 @@ class Hub:
     def _dispatch(self, message: str) -> None:
         item = Announcement.parse(message)
         self.received += 1
+        self.by_state[item.state] += 1
         for group in (self._by_task.get(item.task_id, ()), self._all):
             for sub in group:
                 if sub.push(item):
                     self.delivered += 1
                 else:
                     self.overflows += 1
+
+    def close_streams(self) -> None:
+        """End every open stream and refuse new ones: the process is shutting down."""
+        self.closing = True
+        for subs in self._by_task.values():
+            for sub in subs:
+                sub.close()
+        for sub in self._all:
+            sub.close()
 
     def _resync_all(self) -> None:
         for subs in self._by_task.values():

@@ -36,6 +36,7 @@ JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 EVENT_STREAM = "text/event-stream"
 HTML = "text/html"
+PROMETHEUS_TEXT = "text/plain"
 
 
 class Progress(BaseModel):
@@ -244,6 +245,12 @@ class TaskEvent(BaseModel):
         "message", description="Events are unnamed, so EventSource's `onmessage` gets them all."
     )
     data: Json[TaskSnapshot] = Field(description="The task's snapshot after this change.")
+
+
+class MetricsText(BaseModel):
+    """Counters and gauges in the Prometheus text exposition format (version 0.0.4)."""
+
+    media_type: ClassVar[str] = PROMETHEUS_TEXT
 
 
 class HtmlPage(BaseModel):

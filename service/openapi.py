@@ -151,6 +151,11 @@ OPERATIONS: dict[str, Operation] = {
         },
         tags=("operations",),
     ),
+    "tasks.metrics": Operation(
+        "This process's metrics",
+        {200: Answer(m.MetricsText, "Open streams, changes, drops, reconnects, requests.")},
+        tags=("operations",),
+    ),
     "tasks.dashboard": Operation(
         "The dashboard page",
         {200: Answer(m.HtmlPage, "The page."), 404: _problem("The page is not installed.")},
@@ -275,7 +280,7 @@ class _Provider(OpenAPIProvider):
             components.update(schema.pop("$defs", {}))
             components.setdefault(model.__name__, schema)
             content = {"schema": {"$ref": _REF.format(model=model.__name__)}}
-        elif media_type == m.HTML:
+        elif media_type in (m.HTML, m.PROMETHEUS_TEXT):
             content = _TEXT
         else:
             content = {"schema": self._ref(model, components)}

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
 
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.models import MAX_EVENT_ID, SubmitBody
 from service.problems import Problem
 from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
@@ -128,6 +129,7 @@ async def submit() -> Response:
             kind="queue-unavailable",
             headers={"Retry-After": "5"},
         ) from None
+    svc.metrics.submitted += 1
     log.info("accepted task %s (%s)", task_id, task_type.name, extra={"task_id": task_id})
     return _json(created.data or "", 202, {"Location": f"/tasks/{task_id}"})
 
@@ -172,6 +174,8 @@ async def cancel(task_id: str) -> Response:
             kind="task-finished",
             state=state,
         )
+    svc.metrics.cancelled += 1
+    log.info("cancelled task %s", task_id, extra={"task_id": task_id})
     try:
         await svc.revoke(task_id)
     except Exception as exc:
@@ -380,6 +384,12 @@ async def readyz() -> Response:
         "subscriber": subscriber,
     }
     return _json(json.dumps(body), 200 if ready else 503)
+
+
+@bp.get("/metrics")
+async def metrics() -> Response:
+    svc = services()
+    return Response(svc.metrics.render(svc.hub), content_type=METRICS_CONTENT_TYPE)
 
 
 @bp.get("/")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,7 @@ from quart import current_app
 
 from service.config import Settings
 from service.hub import Hub
+from service.metrics import Metrics
 from service.record import AsyncRecorder, Keys
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class Services:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="celery-publish")
     )
+    metrics: Metrics = field(default_factory=Metrics)
     redis: Any = None
     record: AsyncRecorder = field(init=False)
     hub: Hub = field(init=False)
@@ -60,6 +63,26 @@ class Services:
         self.hub = Hub(sub_client, keys.channel, s.stream_buffer)
         self._sub_client = sub_client
         await self.hub.start()
+
+    def end_streams_on_shutdown_signals(self) -> None:
+        """On SIGTERM or SIGINT, end every open stream at once.
+
+        Hypercorn stops accepting and waits for open responses before it shuts the app down, and
+        a stream would keep it waiting until its graceful timeout. Ended, each stream's client
+        reconnects (after the `retry:` it was given) to another process and resumes with
+        Last-Event-ID. The asyncio loop's own handlers (Hypercorn's) still run: they are woken
+        through the loop's wake-up descriptor, not through the Python-level handler set here.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.hub.close_streams)
+                if callable(previous):
+                    previous(sig, frame)
+
+            signal.signal(signum, handler)
 
     async def stop(self) -> None:
         await self.hub.stop()

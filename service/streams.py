@@ -8,16 +8,37 @@ from the stored log instead. So a client sees a contiguous run of ids, none repe
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from redis.exceptions import RedisError
 
 from service import sse
-from service.hub import RESYNC, Hub, Subscription
+from service.hub import CLOSE, RESYNC, Hub, Subscription
 from service.record import TERMINAL_STATES, Announcement, AsyncRecorder
 
 # How many changes one read of the global log fetches while catching up.
 _GLOBAL_BATCH = 1_000
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _patiently(read: Callable[..., Awaitable[T]], *args: object) -> T:
+    """Read the record, waiting out a Redis outage: the client stays connected meanwhile, and
+    gets what it missed once Redis answers again."""
+    delay = 0.05
+    while True:
+        try:
+            return await read(*args)
+        except RedisError as exc:
+            log.warning("stream waiting for Redis (%s)", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,7 @@ async def task_stream(
                 return
             sent = seq
         else:
-            caught = await _catch_up(record, task_id, after, allow_gap=after == 0)
+            caught = await _patiently(_catch_up, record, task_id, after, after == 0)
             for frame in caught.frames:
                 yield frame
             if caught.done:
@@ -72,8 +93,10 @@ async def task_stream(
             if item is None:
                 yield sse.KEEPALIVE
                 continue
+            if item is CLOSE:
+                return
             if item is RESYNC or item.seq > sent + 1:
-                caught = await _catch_up(record, task_id, sent, allow_gap=False)
+                caught = await _patiently(_catch_up, record, task_id, sent, False)
                 for frame in caught.frames:
                     yield frame
                 sent = caught.sent
@@ -109,7 +132,9 @@ async def _catch_up(record: AsyncRecorder, task_id: str, sent: int, allow_gap: b
         changes = [(seq, current)] if seq > sent else []
     frames = [sse.event(seq, data) for seq, data in changes]
     if not changes:
-        return _CatchUp(frames, sent, False)
+        # Nothing new, or the task is gone (expired, or Redis lost its data): then end, and a
+        # reconnecting client learns which from the 404.
+        return _CatchUp(frames, sent, await record.get(task_id) is None)
     last_seq, last_data = changes[-1]
     return _CatchUp(frames, last_seq, _is_terminal(last_data))
 
@@ -129,7 +154,7 @@ async def global_stream(
         while True:
             # Catch up from the stored global log, then follow the hub.
             while True:
-                batch = await record.global_changes_after(seen, _GLOBAL_BATCH)
+                batch = await _patiently(record.global_changes_after, seen, _GLOBAL_BATCH)
                 for g, data, owner in batch:
                     if visible(owner):
                         yield sse.event(g, data)
@@ -141,6 +166,8 @@ async def global_stream(
                 if item is None:
                     yield sse.KEEPALIVE
                     continue
+                if item is CLOSE:
+                    return
                 if item is RESYNC or item.global_seq > seen + 1:
                     break
                 assert isinstance(item, Announcement)
