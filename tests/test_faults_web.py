@@ -1,0 +1,146 @@
+"""Web processes under faults: SIGTERM with streams open, stalled clients, two of each process."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import httpx
+import redis
+
+from service.record import Change, Keys, Recorder, new_task_fields, utcnow
+from tests.conftest import assert_contiguous, poll_until_done, read_stream, submit
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if re.match(rf"taskstream_{name}(\{{|\s)", line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_sigterm_ends_streams_at_once_and_clients_resume_on_another_process(make_service):
+    svc = make_service()
+    svc.start_worker(concurrency=2)
+    web_a = svc.start_web()
+    svc.start_web()
+    snap = submit(svc.url, "sleep", seconds=4, steps=20)
+    seen = read_stream(svc.url_of(0), snap["id"], query="?last_event_id=0", max_events=4)
+
+    ended = threading.Event()
+    tail: list[tuple[int, dict]] = []
+
+    def follow_a() -> None:
+        tail.extend(read_stream(svc.url_of(0), snap["id"],
+                                headers={"Last-Event-ID": str(seen[-1][0])}))  # fmt: skip
+        ended.set()
+
+    follower = threading.Thread(target=follow_a)
+    follower.start()
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    web_a.signal_group(signal.SIGTERM)
+    assert ended.wait(5), "the stream did not end on SIGTERM"
+    assert web_a.popen.wait(8) is not None
+    assert time.monotonic() - stopped_at < 8  # well inside Hypercorn's graceful timeout of 10 s
+    follower.join()
+    assert tail and tail[-1][1]["state"] != "SUCCESS"  # it ended early, mid-task
+
+    last = (seen + tail)[-1][0]
+    rest = read_stream(svc.url_of(1), snap["id"], headers={"Last-Event-ID": str(last)})
+    ids = [i for i, _ in seen + tail + rest]
+    assert_contiguous(ids, first=1)
+    assert rest[-1][1]["state"] == "SUCCESS"
+
+
+def test_two_web_processes_and_two_workers_serve_the_same_ids(make_service):
+    svc = make_service()
+    svc.start_worker(concurrency=1)
+    svc.start_worker(concurrency=1)
+    svc.start_web()
+    svc.start_web()
+    tasks = [submit(svc.url_of(n % 2), "sleep", seconds=1, steps=10)["id"] for n in range(4)]
+    results: dict[tuple[str, int], list[int]] = {}
+
+    def watch(task_id: str, web: int) -> None:
+        events = read_stream(svc.url_of(web), task_id, query="?last_event_id=0")
+        results[(task_id, web)] = [i for i, _ in events]
+
+    threads = [threading.Thread(target=watch, args=(t, w)) for t in tasks for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for task_id in tasks:
+        assert results[(task_id, 0)] == results[(task_id, 1)]
+        assert_contiguous(results[(task_id, 0)], first=1)
+        assert poll_until_done(svc.url, task_id)["state"] == "SUCCESS"
+    # Both workers took part.
+    logs = [w.log_path.read_text() for w in svc.workers]
+    assert all("Task sleep[" in text for text in logs)
+
+
+def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_service):
+    svc = make_service(STREAM_WRITE_TIMEOUT_SECONDS="1", STREAM_BUFFER="8")
+    svc.start_web()
+    # A task whose author reports big progress messages, recorded as a worker would: ~13 MB
+    # in all, more than the socket buffers between a server and a client that stopped reading.
+    client = redis.Redis.from_url(svc.redis_url, decode_responses=True)
+    recorder = Recorder(client, Keys(svc.prefix), ttl=600, retain=1000, global_retain=10000)
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    recorder.record(Change(task_id, new_task_fields(task_id, "sleep", now), create=True,
+                           score=time.time(), at=now))  # fmt: skip
+
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", svc.ports[0]))
+    stalled.sendall(f"GET /tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+    # ...and it never reads again. A well-behaved client follows the same task meanwhile.
+    good: list[tuple[int, dict]] = []
+    reader = threading.Thread(
+        target=lambda: good.extend(read_stream(svc.url, task_id, query="?last_event_id=0"))
+    )
+    reader.start()
+    big = "x" * 64_000
+    for n in range(1, 201):
+        progress = {"current": n, "total": 200, "percent": n / 2, "message": big}
+        recorder.record(Change(task_id, {"state": "PROGRESS", "progress": progress}))
+        time.sleep(0.005)
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": "done"}))
+    reader.join(30)
+    client.close()
+    assert_contiguous([i for i, _ in good], first=1)
+    assert good[-1][1]["state"] == "SUCCESS"
+
+    deadline = time.monotonic() + 10
+    while metric(svc.url, "slow_clients_dropped_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(svc.url, "slow_clients_dropped_total") == 1
+    assert metric(svc.url, "open_streams") == 0
+    stalled.close()
+
+
+def test_metrics_follow_streams_and_tasks(service):
+    before_submitted = metric(service.url, "tasks_submitted_total")
+    snap = submit(service.url, "sleep", seconds=2, steps=2)
+    with httpx.stream("GET", f"{service.url}/tasks/{snap['id']}/events") as response:
+        chunks = response.iter_bytes()
+        next(chunks)
+        opened = metric(service.url, "open_streams")
+        assert b'"state"' in next(chunks)
+        assert opened >= 1
+    poll_until_done(service.url, snap["id"])
+    assert metric(service.url, "tasks_submitted_total") == before_submitted + 1
+    assert metric(service.url, "subscriber_live") == 1
+    text = httpx.get(f"{service.url}/metrics").text
+    assert "# TYPE taskstream_events_delivered_total counter" in text
+    assert 'taskstream_changes_received_total{state="SUCCESS"}' in text
+    assert 'route="/tasks",method="POST",status="2xx"' in text
