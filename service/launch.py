@@ -66,6 +66,8 @@ class PrivateRedis:
     extra_args: list[str] = field(default_factory=list)
     binary: str | None = None
     url: str = ""
+    # Keep data across a restart (an RDB file in `workdir`), as a production Redis would.
+    persist: bool = False
 
     def __post_init__(self) -> None:
         self.url = self.url or f"redis://127.0.0.1:{self.port}/0"
@@ -76,7 +78,7 @@ class PrivateRedis:
                 self.binary or redis_server_binary(),
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
-                "--save", "",
+                *(["--save", "3600", "1"] if self.persist else ["--save", ""]),
                 "--appendonly", "no",
                 "--dir", self.workdir,
                 "--protected-mode", "yes",
@@ -91,6 +93,17 @@ class PrivateRedis:
                 raise RuntimeError("the private redis-server did not start")
             time.sleep(0.05)
         return self
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server and start it again on the same port and folder (for fault tests)."""
+        self.halt()
+        time.sleep(down_seconds)
+        self.start()
+
+    def halt(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -373,7 +374,8 @@ async def healthz() -> Response:
 async def readyz() -> Response:
     svc = services()
     try:
-        redis_ok = bool(await svc.redis.ping())
+        async with asyncio.timeout(1):
+            redis_ok = bool(await svc.redis.ping())
     except Exception:
         redis_ok = False
     subscriber = svc.hub.live

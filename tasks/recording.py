@@ -6,9 +6,13 @@ import os
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from service.config import Settings
 from service.record import Keys, Recorder
+
+_RECORD_RETRIES = 18
 
 
 def settings_of(app: Celery) -> Settings:
@@ -28,9 +32,12 @@ def recorder(app: Celery) -> Recorder:
         settings.redis_url,
         decode_responses=True,
         socket_timeout=10,
-        socket_connect_timeout=5,
+        socket_connect_timeout=2,
         health_check_interval=30,
-        retry_on_timeout=True,
+        # A change the worker makes while Redis is away (restarting, failing over) is retried
+        # for about half a minute rather than lost; the task waits meanwhile.
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
     rec = Recorder(
         client,
