@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from quart import Quart, Response, request
 
-from service import openapi, problems
+from service import openapi, problems, security
+from service.auth import Authenticator
 from service.config import Settings
 from service.routes import bp
+from service.security import StreamSlots
 from service.services import Services
 from service.write_timeout import WriteTimeout
 from tasks.celery_app import create_celery
@@ -24,9 +26,12 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         JSON_SORT_KEYS=False,
     )
     svc = Services(settings=settings, celery=create_celery(settings))
+    svc.auth = Authenticator(settings)
+    svc.slots = StreamSlots(settings.max_streams_per_caller, settings.max_streams_per_process)
     app.extensions["taskstream"] = svc
     app.extensions["celery"] = svc.celery
     problems.register(app)
+    security.install(app, svc.auth, settings.cors_origins)
     app.register_blueprint(bp)
     openapi.install(app)
 

@@ -80,6 +80,21 @@ class Settings:
     task_soft_time_limit_seconds: float = 0.0
     worker_concurrency: int = 0
     expose_tracebacks: bool = False
+    # Security (see docs/security.md). API_TOKENS turns authentication on:
+    # "name:token[:admin],…"; every caller then sees only its own tasks, admins see all.
+    api_tokens: str = ""
+    # Signs session cookies and stream tokens; required when API_TOKENS is set.
+    secret_key: str = ""
+    stream_token_seconds: int = 300
+    session_seconds: int = 8 * 3600
+    # Origins allowed to call from a browser on another site (comma-separated, exact).
+    cors_origins: tuple[str, ...] = ()
+    # Submissions per caller per window; -1 = the default (600 with authentication, else off).
+    rate_limit_per_minute: int = -1
+    rate_limit_window_seconds: int = 60
+    max_streams_per_caller: int = 100
+    max_streams_per_process: int = 10_000
+    max_args_bytes: int = 16 * 1024
     log_level: str = "INFO"
 
     @classmethod
@@ -116,6 +131,26 @@ class Settings:
             "worker_concurrency": _env_int("WORKER_CONCURRENCY", cls.worker_concurrency),
             "expose_tracebacks": _env_bool("EXPOSE_TRACEBACKS", cls.expose_tracebacks),
             "log_level": os.environ.get("LOG_LEVEL") or cls.log_level,
+            "api_tokens": os.environ.get("API_TOKENS", ""),
+            "secret_key": os.environ.get("SECRET_KEY", ""),
+            "stream_token_seconds": _env_int("STREAM_TOKEN_SECONDS", cls.stream_token_seconds),
+            "session_seconds": _env_int("SESSION_SECONDS", cls.session_seconds),
+            "cors_origins": tuple(
+                o.strip().rstrip("/")
+                for o in os.environ.get("CORS_ORIGINS", "").split(",")
+                if o.strip()
+            ),
+            "rate_limit_per_minute": _env_int("RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute),
+            "rate_limit_window_seconds": _env_int(
+                "RATE_LIMIT_WINDOW_SECONDS", cls.rate_limit_window_seconds
+            ),
+            "max_streams_per_caller": _env_int(
+                "MAX_STREAMS_PER_CALLER", cls.max_streams_per_caller
+            ),
+            "max_streams_per_process": _env_int(
+                "MAX_STREAMS_PER_PROCESS", cls.max_streams_per_process
+            ),
+            "max_args_bytes": _env_int("MAX_ARGS_BYTES", cls.max_args_bytes),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -135,3 +170,15 @@ class Settings:
             raise ValueError("STREAM_BUFFER must be at least 1")
         if ":" in self.key_prefix or not self.key_prefix:
             raise ValueError("KEY_PREFIX must be non-empty and contain no ':'")
+        if self.api_tokens and len(self.secret_key) < 16:
+            raise ValueError("API_TOKENS needs SECRET_KEY (16 characters or more) to sign with")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens)
+
+    @property
+    def submissions_per_window(self) -> int:
+        if self.rate_limit_per_minute >= 0:
+            return self.rate_limit_per_minute
+        return 600 if self.auth_enabled else 0

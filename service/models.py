@@ -247,6 +247,21 @@ class TaskEvent(BaseModel):
     data: Json[TaskSnapshot] = Field(description="The task's snapshot after this change.")
 
 
+class Session(BaseModel):
+    """Who the session belongs to (the cookie itself is HttpOnly)."""
+
+    name: str = Field(description="The caller's name; empty when authentication is off.")
+    admin: bool = Field(description="Whether the caller sees every task.")
+
+
+class StreamToken(BaseModel):
+    """A short-lived token that opens one task's stream, for an EventSource URL."""
+
+    token: str | None = Field(description="The token; null when authentication is off.")
+    events: str = Field(description="The stream's URL, with the token in its query.")
+    expires_in: int | None = Field(description="Seconds the token is valid.")
+
+
 class MetricsText(BaseModel):
     """Counters and gauges in the Prometheus text exposition format (version 0.0.4)."""
 

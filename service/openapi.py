@@ -151,6 +151,26 @@ OPERATIONS: dict[str, Operation] = {
         },
         tags=("operations",),
     ),
+    "tasks.create_session": Operation(
+        "Start a browser session",
+        {200: Answer(m.Session, "A signed, expiring, HttpOnly session cookie is set.")},
+        description="Trades the bearer token of this request for a cookie, so that a browser's "
+        "EventSource (which cannot send headers) is authenticated.",
+        tags=("security",),
+    ),
+    "tasks.end_session": Operation(
+        "End the browser session",
+        {204: Answer(None, "The cookie is cleared.")},
+        tags=("security",),
+    ),
+    "tasks.stream_token": Operation(
+        "A token for one task's stream",
+        {
+            200: Answer(m.StreamToken, "The token and the stream URL that carries it."),
+            404: _NOT_FOUND,
+        },
+        tags=("security",),
+    ),
     "tasks.metrics": Operation(
         "This process's metrics",
         {200: Answer(m.MetricsText, "Open streams, changes, drops, reconnects, requests.")},
@@ -178,6 +198,16 @@ OPERATIONS: dict[str, Operation] = {
 
 # Any route may answer these; documented everywhere so that a client knows their shape.
 _COMMON = {
+    401: _problem(
+        "Authentication is on and the request has no valid token, session or stream token.",
+        **{"WWW-Authenticate": "`Bearer`."},
+    ),
+    403: _problem("A cross-site request from an origin not in CORS_ORIGINS."),
+    429: _problem(
+        "Over a limit: submissions per caller per window, or open streams per caller.",
+        **{"Retry-After": "Seconds to wait before trying again."},
+    ),
+    413: _problem("The body, or a task's arguments, are larger than allowed."),
     500: _problem("A fault on the server; the body never holds a traceback."),
     503: _problem(
         "Redis (the task store) is not reachable; try again shortly.",

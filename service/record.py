@@ -316,6 +316,13 @@ class AsyncRecorder(_Base):
         raw = await self._read(keys=[self.keys.task(t) for t in task_ids])
         return [_text(r) or None for r in raw]
 
+    async def owners(self, task_ids: list[str]) -> list[str | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(self.keys.task(task_id), "owner")
+            raw = await pipe.execute()
+        return [None if r is None else json.loads(r) for r in raw]
+
     async def owner(self, task_id: str) -> str | None:
         raw = await self.client.hget(self.keys.task(task_id), "owner")
         return None if raw is None else json.loads(_text(raw))

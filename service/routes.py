@@ -13,14 +13,16 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, request, send_from_directory
+from quart import Blueprint, Response, g, request, send_from_directory
 
+from service.auth import SESSION_COOKIE
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.models import MAX_EVENT_ID, SubmitBody
 from service.problems import Problem
-from service.record import TERMINAL_STATES, Change, Status, new_task_fields, utcnow
+from service.record import TERMINAL_STATES, Change, Status, dumps, new_task_fields, utcnow
+from service.security import check_submission_rate, current_caller
 from service.services import services
-from service.streams import StreamOptions, global_stream, task_stream
+from service.streams import StreamBody, StreamOptions, global_stream, task_stream
 from tasks.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 
 log = logging.getLogger(__name__)
@@ -104,12 +106,20 @@ async def submit() -> Response:
         ) from None
 
     svc = services()
+    if len(dumps(kwargs)) > svc.settings.max_args_bytes:
+        raise Problem(413, "Arguments too large",
+                      f"The arguments take more than {svc.settings.max_args_bytes} bytes as JSON.",
+                      kind="arguments-too-large")  # fmt: skip
+    s = svc.settings
+    await check_submission_rate(
+        svc.redis, s.key_prefix, s.submissions_per_window, s.rate_limit_window_seconds
+    )
     task_id = str(uuid.uuid4())
     now = utcnow()
     created = await svc.record.record(
         Change(
             task_id,
-            new_task_fields(task_id, task_type.name, now),
+            new_task_fields(task_id, task_type.name, now, current_caller().name),
             create=True,
             score=time.time(),
             at=now,
@@ -135,10 +145,21 @@ async def submit() -> Response:
     return _json(created.data or "", 202, {"Location": f"/tasks/{task_id}"})
 
 
+async def _check_owner(task_id: str) -> None:
+    """Another caller's task is answered as if it did not exist."""
+    caller = current_caller()
+    if caller.admin:
+        return
+    owner = await services().record.owner(task_id)
+    if owner is not None and not caller.sees(owner):
+        raise _not_found(task_id)
+
+
 async def _snapshot_or_404(task_id: str) -> str:
     data = None if len(task_id) > _MAX_ID_LENGTH else await services().record.get(task_id)
     if data is None:
         raise _not_found(task_id)
+    await _check_owner(task_id)
     return data
 
 
@@ -159,6 +180,7 @@ async def cancel(task_id: str) -> Response:
     svc = services()
     if len(task_id) > _MAX_ID_LENGTH:
         raise _not_found(task_id)
+    await _check_owner(task_id)
     # Recording REVOKED is the cancel: the terminal guard in the record makes it atomic against
     # the task finishing, so exactly one of them wins.
     outcome = await svc.record.record(
@@ -231,30 +253,46 @@ async def task_events(task_id: str) -> Response:
     after = _last_event_id()
     if len(task_id) > _MAX_ID_LENGTH:
         raise _not_found(task_id)
+    caller = current_caller()
+    svc.slots.acquire(caller)
+    slot = g.stream_slot
     # Subscribe first, then read: a change made in between arrives on the subscription.
     sub = svc.hub.subscribe(task_id)
+
+    def cleanup() -> None:
+        svc.hub.unsubscribe(sub)
+        svc.slots.release(slot)
+
     try:
         current = await svc.record.get(task_id)
         if current is None:
             raise _not_found(task_id)
+        await _check_owner(task_id)
         snapshot = json.loads(current)
         if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL_STATES:
             # Already seen the end: 204 tells EventSource to stop reconnecting.
-            svc.hub.unsubscribe(sub)
+            cleanup()
             return Response("", status=204)
     except BaseException:
-        svc.hub.unsubscribe(sub)
+        cleanup()
         raise
-    return _stream_response(
-        task_stream(svc.hub, sub, svc.record, task_id, current, after, _options())
-    )
+    body = task_stream(sub, svc.record, task_id, current, after, _options())
+    return _stream_response(StreamBody(body, cleanup))
 
 
 @bp.get("/events")
 async def all_events() -> Response:
     svc = services()
     after = _last_event_id()
+    caller = current_caller()
+    svc.slots.acquire(caller)
+    slot = g.stream_slot
     sub = svc.hub.subscribe(None)
+
+    def cleanup() -> None:
+        svc.hub.unsubscribe(sub)
+        svc.slots.release(slot)
+
     try:
         current = await svc.record.global_seq()
         # An id beyond the current sequence comes from before Redis lost its data: start from
@@ -262,9 +300,48 @@ async def all_events() -> Response:
         if after is None or after > current:
             after = current
     except BaseException:
-        svc.hub.unsubscribe(sub)
+        cleanup()
         raise
-    return _stream_response(global_stream(svc.hub, sub, svc.record, after, _options()))
+    body = global_stream(sub, svc.record, after, _options(), visible=caller.sees)
+    return _stream_response(StreamBody(body, cleanup))
+
+
+@bp.post("/session")
+async def create_session() -> Response:
+    """Trade a bearer token for a signed, expiring, HttpOnly cookie (for browsers)."""
+    svc = services()
+    caller = current_caller()
+    response = _json(json.dumps({"name": caller.name, "admin": caller.admin}))
+    if svc.auth.enabled:
+        response.set_cookie(
+            SESSION_COOKIE, svc.auth.session_cookie(caller), max_age=svc.auth.session_seconds,
+            httponly=True, samesite="Strict", secure=request.scheme == "https", path="/",
+        )  # fmt: skip
+    return response
+
+
+@bp.delete("/session")
+async def end_session() -> Response:
+    response = Response("", status=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@bp.post("/tasks/<task_id>/stream-token")
+async def stream_token(task_id: str) -> Response:
+    """A short-lived token that opens this one task's stream, for an EventSource URL."""
+    svc = services()
+    await _snapshot_or_404(task_id)
+    events = f"/tasks/{task_id}/events"
+    if not svc.auth.enabled:
+        return _json(json.dumps({"token": None, "events": events, "expires_in": None}))
+    token = svc.auth.stream_token(current_caller(), task_id)
+    body = {
+        "token": token,
+        "events": f"{events}?token={token}",
+        "expires_in": svc.settings.stream_token_seconds,
+    }
+    return _json(json.dumps(body))
 
 
 def _encode_cursor(score: float, task_id: str) -> str:
@@ -327,6 +404,7 @@ async def list_tasks() -> Response:
         _decode_cursor(args["cursor"]) if args.get("cursor") else (float("inf"), None)
     )
 
+    caller = current_caller()
     items: list[str] = []
     scanned = 0
     full = exhausted = False
@@ -338,11 +416,15 @@ async def list_tasks() -> Response:
         page = [(t, sc) for t, sc in page if not (sc == max_score and max_id and t >= max_id)]
         exhausted = len(page) <= batch
         page = page[:batch]
-        snapshots = await svc.record.get_many([t for t, _ in page])
-        for (task_id, score), data in zip(page, snapshots, strict=True):
+        ids = [t for t, _ in page]
+        snapshots = await svc.record.get_many(ids)
+        owners = await svc.record.owners(ids) if not caller.admin else [None] * len(ids)
+        for (task_id, score), data, owner in zip(page, snapshots, owners, strict=True):
             scanned += 1
             max_score, max_id = score, task_id
             if data is None:  # expired since it was indexed
+                continue
+            if owner is not None and not caller.sees(owner):
                 continue
             if states or names:
                 snap = json.loads(data)

@@ -14,10 +14,12 @@ import redis.asyncio as aioredis
 from celery import Celery
 from quart import current_app
 
+from service.auth import Authenticator
 from service.config import Settings
 from service.hub import Hub
 from service.metrics import Metrics
 from service.record import AsyncRecorder, Keys
+from service.security import StreamSlots
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class Services:
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="celery-publish")
     )
     metrics: Metrics = field(default_factory=Metrics)
+    auth: Authenticator = field(init=False)
+    slots: StreamSlots = field(init=False)
     redis: Any = None
     record: AsyncRecorder = field(init=False)
     hub: Hub = field(init=False)

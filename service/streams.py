@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,7 +19,7 @@ from typing import TypeVar
 from redis.exceptions import RedisError
 
 from service import sse
-from service.hub import CLOSE, RESYNC, Hub, Subscription
+from service.hub import CLOSE, RESYNC, Subscription
 from service.record import TERMINAL_STATES, Announcement, AsyncRecorder
 
 # How many changes one read of the global log fetches while catching up.
@@ -41,6 +42,33 @@ async def _patiently(read: Callable[..., Awaitable[T]], *args: object) -> T:
             delay = min(delay * 2, 2.0)
 
 
+class StreamBody:
+    """A stream response's body: `cleanup` runs exactly once, however the response ends.
+
+    That is when the stream finishes, when the client goes away, and even when the response is
+    abandoned before its first byte (the server never iterates it, so a generator's `finally`
+    would never run): then the garbage collector's finalizer does it.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_iterator")
+
+    def __init__(self, iterator: AsyncIterator[bytes], cleanup: Callable[[], None]):
+        self._iterator = iterator
+        self._finalizer = weakref.finalize(self, cleanup)
+
+    def __aiter__(self) -> StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._iterator.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._finalizer()
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     keepalive_seconds: float
@@ -57,7 +85,6 @@ def _is_terminal(data: str) -> bool:
 
 
 async def task_stream(
-    hub: Hub,
     sub: Subscription,
     record: AsyncRecorder,
     task_id: str,
@@ -69,49 +96,46 @@ async def task_stream(
 
     `sub` must have been subscribed, and `current` read, before this is called.
     """
-    try:
-        yield sse.retry(options.retry_ms)
-        seq, state = _seq_and_state(current)
-        if after is None or after > seq:
-            yield sse.event(seq, current)
-            if state in TERMINAL_STATES:
-                return
-            sent = seq
-        else:
-            caught = await _patiently(_catch_up, record, task_id, after, after == 0)
+    yield sse.retry(options.retry_ms)
+    seq, state = _seq_and_state(current)
+    if after is None or after > seq:
+        yield sse.event(seq, current)
+        if state in TERMINAL_STATES:
+            return
+        sent = seq
+    else:
+        caught = await _patiently(_catch_up, record, task_id, after, after == 0)
+        for frame in caught.frames:
+            yield frame
+        if caught.done:
+            return
+        sent = caught.sent
+        del caught
+    # A stream may stay open for hours: its frame keeps no snapshot it has already sent
+    # (about 2.5 KB a stream with the parsed dict).
+    del current
+    while True:
+        item = await sub.next(options.keepalive_seconds)
+        if item is None:
+            yield sse.KEEPALIVE
+            continue
+        if item is CLOSE:
+            return
+        if item is RESYNC or item.seq > sent + 1:
+            caught = await _patiently(_catch_up, record, task_id, sent, False)
             for frame in caught.frames:
                 yield frame
+            sent = caught.sent
             if caught.done:
                 return
-            sent = caught.sent
-            del caught
-        # A stream may stay open for hours: its frame keeps no snapshot it has already sent
-        # (about 2.5 KB a stream with the parsed dict).
-        del current
-        while True:
-            item = await sub.next(options.keepalive_seconds)
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            if item is CLOSE:
-                return
-            if item is RESYNC or item.seq > sent + 1:
-                caught = await _patiently(_catch_up, record, task_id, sent, False)
-                for frame in caught.frames:
-                    yield frame
-                sent = caught.sent
-                if caught.done:
-                    return
-                continue
-            assert isinstance(item, Announcement)
-            if item.seq <= sent:
-                continue
-            yield item.frame()
-            sent = item.seq
-            if item.terminal:
-                return
-    finally:
-        hub.unsubscribe(sub)
+            continue
+        assert isinstance(item, Announcement)
+        if item.seq <= sent:
+            continue
+        yield item.frame()
+        sent = item.seq
+        if item.terminal:
+            return
 
 
 @dataclass
@@ -140,7 +164,6 @@ async def _catch_up(record: AsyncRecorder, task_id: str, sent: int, allow_gap: b
 
 
 async def global_stream(
-    hub: Hub,
     sub: Subscription,
     record: AsyncRecorder,
     after: int,
@@ -148,33 +171,30 @@ async def global_stream(
     visible: Callable[[str], bool] = lambda owner: True,
 ) -> AsyncIterator[bytes]:
     """Every change of every task the caller may see, after global sequence `after`, forever."""
-    try:
-        yield sse.retry(options.retry_ms)
-        seen = after
+    yield sse.retry(options.retry_ms)
+    seen = after
+    while True:
+        # Catch up from the stored global log, then follow the hub.
         while True:
-            # Catch up from the stored global log, then follow the hub.
-            while True:
-                batch = await _patiently(record.global_changes_after, seen, _GLOBAL_BATCH)
-                for g, data, owner in batch:
-                    if visible(owner):
-                        yield sse.event(g, data)
-                    seen = g
-                if len(batch) < _GLOBAL_BATCH:
-                    break
-            while True:
-                item = await sub.next(options.keepalive_seconds)
-                if item is None:
-                    yield sse.KEEPALIVE
-                    continue
-                if item is CLOSE:
-                    return
-                if item is RESYNC or item.global_seq > seen + 1:
-                    break
-                assert isinstance(item, Announcement)
-                if item.global_seq <= seen:
-                    continue
-                if visible(item.owner):
-                    yield item.frame(by_global_seq=True)
-                seen = item.global_seq
-    finally:
-        hub.unsubscribe(sub)
+            batch = await _patiently(record.global_changes_after, seen, _GLOBAL_BATCH)
+            for g, data, owner in batch:
+                if visible(owner):
+                    yield sse.event(g, data)
+                seen = g
+            if len(batch) < _GLOBAL_BATCH:
+                break
+        while True:
+            item = await sub.next(options.keepalive_seconds)
+            if item is None:
+                yield sse.KEEPALIVE
+                continue
+            if item is CLOSE:
+                return
+            if item is RESYNC or item.global_seq > seen + 1:
+                break
+            assert isinstance(item, Announcement)
+            if item.global_seq <= seen:
+                continue
+            if visible(item.owner):
+                yield item.frame(by_global_seq=True)
+            seen = item.global_seq

@@ -1,0 +1,118 @@
+"""The request guard: CORS, cross-site refusal, authentication, and the limits that hold under
+abuse (submissions per caller, open streams per caller and per process). See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+from quart import Quart, Response, g, request
+
+from service.auth import LOCAL, Authenticator, Caller
+from service.problems import Problem
+
+# Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in).
+PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+_ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID, If-None-Match"
+
+
+def current_caller() -> Caller:
+    return getattr(g, "caller", LOCAL)
+
+
+class StreamSlots:
+    """Open streams per caller and per process, so one caller cannot take a process's sockets.
+
+    Refusals are 429 (per caller) or 503 (per process) problem answers: EventSource stops on a
+    non-200 answer rather than reconnecting, so a refused browser does not retry in a loop.
+    """
+
+    def __init__(self, per_caller: int, per_process: int):
+        self.per_caller = per_caller
+        self.per_process = per_process
+        self.open: Counter[str] = Counter()
+        self.total = 0
+
+    def acquire(self, caller: Caller) -> None:
+        if self.total >= self.per_process:
+            raise Problem(503, "Too many streams", "This process has no room for another stream.",
+                          kind="too-many-streams", headers={"Retry-After": "10"})  # fmt: skip
+        key = caller.name or request.remote_addr or ""
+        if self.open[key] >= self.per_caller:
+            raise Problem(429, "Too many streams",
+                          f"At most {self.per_caller} open streams per caller; close one first.",
+                          kind="too-many-streams", headers={"Retry-After": "10"})  # fmt: skip
+        self.open[key] += 1
+        self.total += 1
+        g.stream_slot = key
+
+    def release(self, key: str) -> None:
+        self.total -= 1
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
+
+
+def _same_origin(origin: str) -> bool:
+    return urlsplit(origin).netloc == request.host
+
+
+def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> None:
+    allowed = set(cors_origins)
+
+    @app.before_request
+    async def _guard() -> Response | None:
+        origin = request.headers.get("Origin")
+        cross_site = origin is not None and not _same_origin(origin)
+        if request.method == "OPTIONS" and cross_site:
+            if origin not in allowed:
+                raise Problem(403, "Origin not allowed", "This origin may not call the API.",
+                              kind="origin-not-allowed")  # fmt: skip
+            response = Response("", status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+            response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+            response.headers["Access-Control-Max-Age"] = "600"
+            return response
+        if request.method in _UNSAFE and cross_site and origin not in allowed:
+            # Also what stops a forged cross-site request riding on a session cookie.
+            raise Problem(403, "Origin not allowed",
+                          "Cross-site requests are accepted only from CORS_ORIGINS.",
+                          kind="origin-not-allowed")  # fmt: skip
+        if request.endpoint in PUBLIC or request.endpoint is None:
+            return None
+        task_id = (request.view_args or {}).get("task_id")
+        stream = request.endpoint == "tasks.task_events"
+        g.caller = auth.caller(request, task_id if stream else None)
+        return None
+
+    @app.after_request
+    async def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = "Location, ETag, Retry-After"
+            response.headers.add("Vary", "Origin")
+        return response
+
+
+async def check_submission_rate(redis: object, prefix: str, limit: int, window: int) -> None:
+    """A fixed window per caller, counted in Redis so it holds across web processes."""
+    if limit <= 0:
+        return
+    caller = current_caller()
+    who = caller.name or f"addr:{request.remote_addr}"
+    now = time.time()
+    slot = int(now // window)
+    key = f"{prefix}:rate:{who}:{slot}"
+    count = await redis.incr(key)  # type: ignore[attr-defined]
+    if count == 1:
+        await redis.expire(key, window + 1)  # type: ignore[attr-defined]
+    if count > limit:
+        retry_after = max(1, int((slot + 1) * window - now + 0.999))
+        raise Problem(429, "Too many submissions",
+                      f"At most {limit} submissions per {window} s; try again later.",
+                      kind="rate-limited", headers={"Retry-After": str(retry_after)})  # fmt: skip

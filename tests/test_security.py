@@ -1,0 +1,222 @@
+"""Security with authentication on: tokens, ownership, sessions, stream tokens, CORS, limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from tests.conftest import Service
+
+TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "ops": "ops-admin-333",
+          "flood": "flood-token-4444"}  # fmt: skip
+GOOD_ORIGIN = "https://good.example"
+
+
+def auth(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[name]}"}
+
+
+@pytest.fixture(scope="module")
+def secure(redis_url, tmp_path_factory):
+    svc = Service(
+        redis_url,
+        tmp_path_factory.mktemp("secure"),
+        extra_env={
+            "API_TOKENS": "alice:alice-token-1,bob:bob-token-22,ops:ops-admin-333:admin,"
+            "flood:flood-token-4444",
+            "SECRET_KEY": "a-test-secret-key-of-some-length",
+            "STREAM_TOKEN_SECONDS": "2",
+            "CORS_ORIGINS": GOOD_ORIGIN,
+            "RATE_LIMIT_PER_MINUTE": "5",
+            "RATE_LIMIT_WINDOW_SECONDS": "3",
+            "MAX_STREAMS_PER_CALLER": "2",
+            "MAX_ARGS_BYTES": "200",
+        },
+    )
+    try:
+        svc.start_worker(concurrency=2)
+        svc.start_web()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def submit_as(svc: Service, name: str, task: str, **kwargs: object) -> dict:
+    response = httpx.post(f"{svc.url}/tasks", json={"task": task, "kwargs": kwargs},
+                          headers=auth(name))  # fmt: skip
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_every_api_route_needs_a_valid_token(secure):
+    for method, path in [("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/events"),
+                         ("GET", "/task-types"), ("GET", "/tasks/x"), ("DELETE", "/tasks/x"),
+                         ("GET", "/metrics")]:  # fmt: skip
+        for headers in ({}, {"Authorization": "Bearer forged-token"},
+                        {"Authorization": f"Basic {TOKENS['alice']}"}):  # fmt: skip
+            response = httpx.request(method, secure.url + path, headers=headers, json={})
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.headers["content-type"] == "application/problem+json"
+    for path in ("/healthz", "/readyz", "/", "/openapi.json"):
+        assert httpx.get(secure.url + path).status_code == 200
+
+
+def test_a_task_belongs_to_its_submitter(secure):
+    mine = submit_as(secure, "alice", "sleep", seconds=0.5, steps=2)
+    url = f"{secure.url}/tasks/{mine['id']}"
+    assert httpx.get(url, headers=auth("alice")).status_code == 200
+    assert httpx.get(url, headers=auth("ops")).status_code == 200  # an admin sees all
+    for response in (
+        httpx.get(url, headers=auth("bob")),
+        httpx.get(f"{url}/events", headers=auth("bob")),
+        httpx.delete(url, headers=auth("bob")),
+        httpx.post(f"{url}/stream-token", headers=auth("bob")),
+    ):
+        assert response.status_code == 404
+    listed = httpx.get(f"{secure.url}/tasks", headers=auth("bob")).json()["items"]
+    assert mine["id"] not in [t["id"] for t in listed]
+    listed = httpx.get(f"{secure.url}/tasks", headers=auth("alice")).json()["items"]
+    assert mine["id"] in [t["id"] for t in listed]
+    # Bob's cancel changed nothing.
+    done = httpx.get(url, headers=auth("alice")).json()
+    assert done["state"] != "REVOKED"
+
+
+def test_the_global_stream_shows_a_caller_only_its_own_tasks(secure):
+    seen: dict[str, set[str]] = {"alice": set(), "bob": set()}
+
+    def watch(name: str) -> None:
+        try:
+            follow(name)
+        except httpx.ReadTimeout:  # quiet after the tasks ended: done watching
+            pass
+
+    def follow(name: str) -> None:
+        with (
+            httpx.Client(timeout=5, headers=auth(name)) as client,
+            connect_sse(client, "GET", f"{secure.url}/events") as source,
+        ):
+            started.release()
+            deadline = time.monotonic() + 4
+            for sse in source.iter_sse():
+                if sse.data:
+                    seen[name].add(json.loads(sse.data)["id"])
+                if time.monotonic() > deadline:
+                    return
+
+    started = threading.Semaphore(0)
+    threads = [threading.Thread(target=watch, args=(n,)) for n in seen]
+    for t in threads:
+        t.start()
+    started.acquire()
+    started.acquire()
+    alices = submit_as(secure, "alice", "sleep", seconds=2, steps=8)["id"]
+    bobs = submit_as(secure, "bob", "sleep", seconds=2, steps=8)["id"]
+    for t in threads:
+        t.join(20)
+    assert alices in seen["alice"] and bobs not in seen["alice"]
+    assert bobs in seen["bob"] and alices not in seen["bob"]
+
+
+def test_stream_tokens_open_one_task_for_a_short_while(secure):
+    a = submit_as(secure, "alice", "sleep", seconds=0.2, steps=1)
+    b = submit_as(secure, "alice", "sleep", seconds=0.2, steps=1)
+    granted = httpx.post(f"{secure.url}/tasks/{a['id']}/stream-token", headers=auth("alice"))
+    assert granted.status_code == 200
+    token = granted.json()["token"]
+    assert granted.json()["events"] == f"/tasks/{a['id']}/events?token={token}"
+    with httpx.stream("GET", secure.url + granted.json()["events"]) as response:
+        assert response.status_code == 200
+    assert httpx.get(f"{secure.url}/tasks/{b['id']}/events?token={token}").status_code == 401
+    assert httpx.get(f"{secure.url}/tasks/{a['id']}?token={token}").status_code == 401
+    tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+    assert httpx.get(f"{secure.url}/tasks/{a['id']}/events?token={tampered}").status_code == 401
+    time.sleep(2.5)
+    assert httpx.get(f"{secure.url}/tasks/{a['id']}/events?token={token}").status_code == 401
+
+
+def test_a_session_cookie_for_browsers(secure):
+    response = httpx.post(f"{secure.url}/session", headers=auth("alice"))
+    assert response.status_code == 200
+    assert response.json() == {"name": "alice", "admin": False}
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    value = response.cookies["taskstream_session"]
+    jar = {"taskstream_session": value}
+    assert httpx.get(f"{secure.url}/tasks", cookies=jar).status_code == 200
+    forged = {"taskstream_session": value[:-2] + "xx"}
+    assert httpx.get(f"{secure.url}/tasks", cookies=forged).status_code == 401
+
+
+def test_cors_allows_listed_origins_only(secure):
+    preflight = httpx.options(f"{secure.url}/tasks", headers={
+        "Origin": GOOD_ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})  # fmt: skip
+    assert preflight.status_code == 204
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert preflight.headers["access-control-allow-origin"] == GOOD_ORIGIN
+    evil = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    assert httpx.options(f"{secure.url}/tasks", headers=evil).status_code == 403
+
+    before = httpx.get(f"{secure.url}/tasks", headers=auth("alice")).json()["items"]
+    refused = httpx.post(f"{secure.url}/tasks", json={"task": "add", "args": [1, 2]},
+                         headers={**auth("alice"), "Origin": "https://evil.example"})  # fmt: skip
+    assert refused.status_code == 403
+    assert httpx.get(f"{secure.url}/tasks", headers=auth("alice")).json()["items"] == before
+    allowed = httpx.post(f"{secure.url}/tasks", json={"task": "add", "args": [1, 2]},
+                         headers={**auth("alice"), "Origin": GOOD_ORIGIN})  # fmt: skip
+    assert allowed.status_code == 202
+    assert allowed.headers["access-control-allow-origin"] == GOOD_ORIGIN
+    assert allowed.headers["access-control-allow-credentials"] == "true"
+
+
+def test_a_flood_of_submissions_is_limited_and_recovers(secure):
+    answers = [
+        httpx.post(
+            f"{secure.url}/tasks", json={"task": "add", "args": [1, 1]}, headers=auth("flood")
+        ).status_code
+        for _ in range(8)
+    ]
+    assert 429 in answers and answers.count(202) <= 5
+    limited = httpx.post(f"{secure.url}/tasks", json={"task": "add", "args": [1, 1]},
+                         headers=auth("flood"))  # fmt: skip
+    assert limited.status_code == 429
+    wait = int(limited.headers["retry-after"])
+    assert 1 <= wait <= 4
+    # Another caller is not held up by it.
+    submit_as(secure, "bob", "add", x=1, y=1)
+    time.sleep(wait + 0.2)
+    again = httpx.post(f"{secure.url}/tasks", json={"task": "add", "args": [1, 1]},
+                       headers=auth("flood"))  # fmt: skip
+    assert again.status_code == 202
+
+
+def test_a_flood_of_streams_is_limited_per_caller(secure):
+    task = submit_as(secure, "bob", "sleep", seconds=3, steps=3)
+    url = f"{secure.url}/tasks/{task['id']}/events"
+    with httpx.Client(headers=auth("bob"), timeout=10) as client:
+        first = client.send(client.build_request("GET", url), stream=True)
+        second = client.send(client.build_request("GET", url), stream=True)
+        assert first.status_code == second.status_code == 200
+        third = client.get(url)
+        assert third.status_code == 429
+        assert third.headers["retry-after"]
+        first.close()
+        time.sleep(0.3)
+        fourth = client.send(client.build_request("GET", url), stream=True)
+        assert fourth.status_code == 200
+        fourth.close()
+        second.close()
+
+
+def test_oversize_arguments_are_refused(secure):
+    response = httpx.post(f"{secure.url}/tasks", headers=auth("alice"),
+                          json={"task": "fail", "kwargs": {"message": "x" * 500}})  # fmt: skip
+    assert response.status_code == 413
+    assert response.json()["type"] == "/problems/arguments-too-large"
