@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -68,16 +69,20 @@ def _path(task_id: str) -> str:
     return f"/tasks/{quote(task_id, safe='')}"
 
 
+TOKEN_VARIABLE = "TASKSTREAM_TOKEN"
+
+
 class Api:
     """One connection pool to one service; every call raises ServiceError or Unreachable."""
 
-    def __init__(self, base_url: str):
+    def __init__(self, base_url: str, token: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=_TIMEOUT,
-            headers={"User-Agent": f"taskctl/{__version__}"},
-        )
+        # A deployment with authentication on wants a bearer token (TASKSTREAM_TOKEN).
+        token = token if token is not None else os.environ.get(TOKEN_VARIABLE, "")
+        headers = {"User-Agent": f"taskctl/{__version__}"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.base_url, timeout=_TIMEOUT, headers=headers)
 
     def close(self) -> None:
         self._http.close()

@@ -220,3 +220,19 @@ def test_oversize_arguments_are_refused(secure):
                           json={"task": "fail", "kwargs": {"message": "x" * 500}})  # fmt: skip
     assert response.status_code == 413
     assert response.json()["type"] == "/problems/arguments-too-large"
+
+
+def test_the_cli_sends_its_token_from_the_environment(secure):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TASKSTREAM_URL": secure.url, "TASKSTREAM_TOKEN": TOKENS["alice"]}
+    command = [sys.executable, "-m", "taskctl", "submit", "add", "x=2", "y=3", "--follow"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    env["TASKSTREAM_TOKEN"] = "not-a-token"
+    refused = subprocess.run([sys.executable, "-m", "taskctl", "list"], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode == 3
+    assert "401" in refused.stderr
