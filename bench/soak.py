@@ -1,0 +1,239 @@
+"""`make soak`: many tasks and watchers while faults are injected at random; then the verdict.
+
+Two web processes and two workers on a private, persistent Redis. Tasks of every kind are
+submitted steadily; each gets watchers that join at random moments and follow it like
+EventSource does (on any error, reconnect to either web process with Last-Event-ID). Meanwhile a
+worker is SIGKILLed and replaced, a web process is restarted, Redis is restarted. At the end,
+every watcher of every task must have seen contiguous ids and exactly one terminal state, last.
+
+    python -m bench.soak [--seconds 120] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from httpx_sse import connect_sse
+
+from service.launch import PrivateRedis, free_port, web_command, worker_command
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+
+
+@dataclass
+class Stack:
+    logdir: Path
+    redis: PrivateRedis = field(default_factory=lambda: PrivateRedis(persist=True))
+    ports: list[int] = field(default_factory=lambda: [free_port(), free_port()])
+    webs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "REDIS_URL": self.redis.url, "KEY_PREFIX": "soak",
+                "VISIBILITY_TIMEOUT_SECONDS": "6", "LOG_LEVEL": "WARNING"}  # fmt: skip
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        self.started += 1
+        log = open(self.logdir / f"proc{self.started}.log", "wb")
+        return subprocess.Popen(cmd, env=self.env(), cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def start_web(self, index: int) -> None:
+        proc = self._spawn(web_command("127.0.0.1", self.ports[index]))
+        if index < len(self.webs):
+            self.webs[index] = proc
+        else:
+            self.webs.append(proc)
+        wait_ready(f"http://127.0.0.1:{self.ports[index]}")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        proc = self._spawn(worker_command(2))
+        self.workers.append(proc)
+        return proc
+
+    def url(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.ports[index]}"
+
+    def stop(self) -> None:
+        for proc in self.webs + self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.redis.stop()
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+@dataclass
+class Watch:
+    task_id: str
+    ids: list[int] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+    reconnects: int = 0
+    done: bool = False
+
+
+def watch(stack: Stack, w: Watch, delay: float, rng: random.Random, deadline: float) -> None:
+    time.sleep(delay)
+    last: int | None = None
+    while time.monotonic() < deadline:
+        base = stack.url(rng.randrange(2))
+        headers = {} if last is None else {"Last-Event-ID": str(last)}
+        try:
+            with (
+                httpx.Client(timeout=httpx.Timeout(30, connect=2)) as client,
+                connect_sse(client, "GET", f"{base}/tasks/{w.task_id}/events",
+                            headers=headers) as source,
+            ):  # fmt: skip
+                if source.response.status_code == 204:
+                    w.done = True
+                    return
+                source.response.raise_for_status()
+                for sse in source.iter_sse():
+                    if not sse.data:
+                        continue
+                    snapshot = json.loads(sse.data)
+                    w.ids.append(int(sse.id))
+                    w.states.append(snapshot["state"])
+                    last = int(sse.id)
+                    if snapshot["state"] in TERMINAL:
+                        w.done = True
+                        return
+        except httpx.HTTPError:
+            pass
+        w.reconnects += 1
+        time.sleep(0.2 + rng.random() * 0.5)
+
+
+def submit(stack: Stack, rng: random.Random) -> str | None:
+    kind = rng.choice(["sleep", "sleep", "sleep", "flaky", "fail", "add"])
+    kwargs = {
+        "sleep": lambda: {"seconds": round(rng.uniform(0.5, 4), 2), "steps": rng.randint(2, 40)},
+        "flaky": lambda: {"failures": rng.randint(0, 2)},
+        "fail": lambda: {"message": "on purpose"},
+        "add": lambda: {"x": rng.randint(0, 9), "y": rng.randint(0, 9)},
+    }[kind]()
+    try:
+        answer = httpx.post(f"{stack.url(rng.randrange(2))}/tasks", timeout=10,
+                            json={"task": kind, "kwargs": kwargs})  # fmt: skip
+    except httpx.HTTPError:
+        return None
+    return answer.json()["id"] if answer.status_code == 202 else None
+
+
+def inject(stack: Stack, rng: random.Random, faults: Counter[str]) -> None:
+    fault = rng.choice(["kill-worker", "restart-web", "restart-redis"])
+    if fault == "kill-worker":
+        alive = [w for w in stack.workers if w.poll() is None]
+        victim = rng.choice(alive)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        stack.start_worker()
+    elif fault == "restart-web":
+        index = rng.randrange(2)
+        os.killpg(stack.webs[index].pid, signal.SIGTERM)
+        stack.webs[index].wait(20)
+        stack.start_web(index)
+    else:
+        stack.redis.restart(down_seconds=rng.uniform(0.5, 2))
+    faults[fault] += 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    stack = Stack(Path(tempfile.mkdtemp(prefix="taskstream-soak-")))
+    stack.redis.start()
+    faults: Counter[str] = Counter()
+    watches: list[Watch] = []
+    threads: list[threading.Thread] = []
+    try:
+        stack.start_worker()
+        stack.start_worker()
+        stack.start_web(0)
+        stack.start_web(1)
+        begin = time.monotonic()
+        end = begin + args.seconds
+        next_fault = begin + rng.uniform(5, 12)
+        while time.monotonic() < end:
+            task_id = submit(stack, rng)
+            if task_id:
+                for _ in range(rng.randint(1, 3)):
+                    w = Watch(task_id)
+                    watches.append(w)
+                    own_rng = random.Random(rng.random())
+                    watch_args = (stack, w, rng.uniform(0, 3), own_rng, end + 120)
+                    t = threading.Thread(target=watch, args=watch_args, daemon=True)
+                    t.start()
+                    threads.append(t)
+            if time.monotonic() >= next_fault:
+                inject(stack, rng, faults)
+                next_fault = time.monotonic() + rng.uniform(8, 15)
+            time.sleep(rng.uniform(0.2, 0.6))
+        for t in threads:
+            t.join(timeout=max(0.0, end + 120 - time.monotonic()))
+    finally:
+        stack.stop()
+
+    violations = []
+    for w in watches:
+        contiguous = w.ids == list(range(w.ids[0], w.ids[0] + len(w.ids))) if w.ids else False
+        terminals = sum(s in TERMINAL for s in w.states)
+        if not (w.done and contiguous and terminals == 1 and w.states[-1] in TERMINAL):
+            violations.append(w)
+    tasks = {w.task_id for w in watches}
+    endings = Counter(w.states[-1] for w in watches if w.states)
+    lines = [
+        "# Soak results",
+        "",
+        f"`python -m bench.soak --seconds {args.seconds:g} --seed {args.seed}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores: "
+        "2 web processes, 2 workers (2 pool processes each), one persistent private Redis.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| tasks | {len(tasks)} |",
+        f"| watchers | {len(watches)} |",
+        f"| events received | {sum(len(w.ids) for w in watches)} |",
+        f"| watcher reconnects | {sum(w.reconnects for w in watches)} |",
+        f"| faults | {', '.join(f'{k}: {v}' for k, v in sorted(faults.items())) or 'none'} |",
+        f"| endings seen | {', '.join(f'{k}: {v}' for k, v in sorted(endings.items()))} |",
+        f"| violations (gaps, repeats, not exactly one terminal, unfinished) | {len(violations)} |",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    for w in violations[:10]:
+        print("violation:", w.task_id, w.ids[:5], "…", w.ids[-5:], w.states[-3:], w.done)
+    (ROOT / "bench" / "soak-results.md").write_text(report)
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
