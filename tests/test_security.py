@@ -236,3 +236,30 @@ def test_the_cli_sends_its_token_from_the_environment(secure):
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode == 3
     assert "401" in refused.stderr
+
+
+def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(secure):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    bobs = submit_as(secure, "bob", "add", x=1, y=1)["id"]
+    alices = submit_as(secure, "alice", "sleep", seconds=0.5, steps=2)["id"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(secure.url + "/")
+            page.fill("#signin-token", "wrong-token-123")
+            page.click("#signin button")
+            page.wait_for_selector("#signin-error:not([hidden])")
+            page.fill("#signin-token", TOKENS["alice"])
+            page.click("#signin button")
+            page.wait_for_selector("#submit-button:not([disabled])")
+            page.wait_for_selector("#mode[data-mode=live]")
+            page.wait_for_selector(f'li.task[data-task-id="{alices}"]')
+            assert page.locator(f'li.task[data-task-id="{bobs}"]').count() == 0
+            cookies = {c["name"]: c for c in page.context.cookies()}
+            assert cookies["taskstream_session"]["httpOnly"] is True
+        finally:
+            browser.close()

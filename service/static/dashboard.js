@@ -822,6 +822,49 @@
     },
   });
 
-  loadTaskTypes();
-  startUpdates();
+  // With authentication on (API_TOKENS), the page signs in once: the token is traded for an
+  // HttpOnly session cookie (POST /session), which then carries the page's requests and its
+  // EventSource. The token itself is never stored by the page.
+  async function signedIn() {
+    try {
+      const probe = await fetch("/task-types", { headers: { Accept: "application/json" } });
+      if (probe.status !== 401) return true;
+    } catch {
+      return true; // unreachable: the usual retries take over
+    }
+    const form = document.createElement("form");
+    form.id = "signin";
+    form.className = "panel signin";
+    form.setAttribute("aria-labelledby", "signin-heading");
+    form.innerHTML =
+      '<h2 id="signin-heading">Sign in</h2>' +
+      '<label for="signin-token">API token</label>' +
+      '<input id="signin-token" name="token" type="password" autocomplete="current-password" required>' +
+      '<p id="signin-error" class="error-text" role="alert" hidden></p>' +
+      '<button type="submit" class="button primary">Sign in</button>';
+    document.querySelector("main").before(form);
+    form.querySelector("input").focus();
+    return new Promise(() => {
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const token = form.querySelector("input").value.trim();
+        const error = form.querySelector("#signin-error");
+        const answer = await fetch("/session", {
+          method: "POST",
+          headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+        }).catch(() => null);
+        if (answer && answer.ok) {
+          window.location.reload();
+          return;
+        }
+        error.textContent = answer ? "That token was not accepted." : "The server did not answer.";
+        error.hidden = false;
+      });
+    });
+  }
+
+  signedIn().then(() => {
+    loadTaskTypes();
+    startUpdates();
+  });
 })();
