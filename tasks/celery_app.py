@@ -7,6 +7,7 @@ message is first sent.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 
 from service.config import Settings, redis_tls_options
 
@@ -67,4 +68,13 @@ def create_celery(settings: Settings | None = None) -> Celery:
     import tasks.demo
     import tasks.signals  # noqa: F401
 
+    # Celery configures logging itself unless something answers setup_logging: we do, so the
+    # worker writes the same structured lines as the web, with the task id as a field.
+    setup_logging.connect(_structured_logging, weak=False)
     return app
+
+
+def _structured_logging(loglevel: object = None, **_: object) -> None:
+    from service import logs
+
+    logs.configure(level=loglevel if isinstance(loglevel, str) else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -144,3 +145,23 @@ def test_metrics_follow_streams_and_tasks(service):
     assert "# TYPE taskstream_events_delivered_total counter" in text
     assert 'taskstream_changes_received_total{state="SUCCESS"}' in text
     assert 'route="/tasks",method="POST",status="2xx"' in text
+
+
+def test_logs_are_structured_with_the_task_id(make_service):
+    svc = make_service(LOG_FORMAT="json")
+    worker = svc.start_worker(concurrency=1)
+    web = svc.start_web()
+    snap = submit(svc.url, "fail", message="logged")
+    poll_until_done(svc.url, snap["id"])
+    time.sleep(0.3)
+    for proc in (web, worker):
+        records = []
+        for line in proc.log_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        assert records, proc.name
+        assert {"ts", "level", "logger", "msg"} <= set(records[0])
+        mine = [r for r in records if r.get("task_id") == snap["id"]]
+        assert mine, f"no record of {proc.name} names the task"
