@@ -10,12 +10,14 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, g, request, send_from_directory
+from quart import Blueprint, Response, request, send_from_directory
 
 from service.auth import SESSION_COOKIE
+from service.hub import Subscription
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.models import MAX_EVENT_ID, SubmitBody
 from service.problems import Problem
@@ -247,22 +249,28 @@ def _options() -> StreamOptions:
     return StreamOptions(keepalive_seconds=s.keepalive_seconds, retry_ms=s.sse_retry_ms)
 
 
-@bp.get("/tasks/<task_id>/events")
-async def task_events(task_id: str) -> Response:
+def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
+    """A stream slot and a hub subscription (one task's, or all with None), and how to give
+    both back, whichever way the response ends."""
     svc = services()
-    after = _last_event_id()
-    if len(task_id) > _MAX_ID_LENGTH:
-        raise _not_found(task_id)
-    caller = current_caller()
-    svc.slots.acquire(caller)
-    slot = g.stream_slot
-    # Subscribe first, then read: a change made in between arrives on the subscription.
+    slot = svc.slots.acquire(current_caller())
     sub = svc.hub.subscribe(task_id)
 
     def cleanup() -> None:
         svc.hub.unsubscribe(sub)
         svc.slots.release(slot)
 
+    return sub, cleanup
+
+
+@bp.get("/tasks/<task_id>/events")
+async def task_events(task_id: str) -> Response:
+    svc = services()
+    after = _last_event_id()
+    if len(task_id) > _MAX_ID_LENGTH:
+        raise _not_found(task_id)
+    # Subscribe first, then read: a change made in between arrives on the subscription.
+    sub, cleanup = _subscribe(task_id)
     try:
         current = await svc.record.get(task_id)
         if current is None:
@@ -284,15 +292,7 @@ async def task_events(task_id: str) -> Response:
 async def all_events() -> Response:
     svc = services()
     after = _last_event_id()
-    caller = current_caller()
-    svc.slots.acquire(caller)
-    slot = g.stream_slot
-    sub = svc.hub.subscribe(None)
-
-    def cleanup() -> None:
-        svc.hub.unsubscribe(sub)
-        svc.slots.release(slot)
-
+    sub, cleanup = _subscribe(None)
     try:
         current = await svc.record.global_seq()
         # An id beyond the current sequence comes from before Redis lost its data: start from
@@ -302,7 +302,7 @@ async def all_events() -> Response:
     except BaseException:
         cleanup()
         raise
-    body = global_stream(sub, svc.record, after, _options(), visible=caller.sees)
+    body = global_stream(sub, svc.record, after, _options(), visible=current_caller().sees)
     return _stream_response(StreamBody(body, cleanup))
 
 

@@ -36,7 +36,8 @@ class StreamSlots:
         self.open: Counter[str] = Counter()
         self.total = 0
 
-    def acquire(self, caller: Caller) -> None:
+    def acquire(self, caller: Caller) -> str:
+        """Take a slot for `caller`'s new stream, or refuse; returns the key to release."""
         if self.total >= self.per_process:
             raise Problem(503, "Too many streams", "This process has no room for another stream.",
                           kind="too-many-streams", headers={"Retry-After": "10"})  # fmt: skip
@@ -47,7 +48,7 @@ class StreamSlots:
                           kind="too-many-streams", headers={"Retry-After": "10"})  # fmt: skip
         self.open[key] += 1
         self.total += 1
-        g.stream_slot = key
+        return key
 
     def release(self, key: str) -> None:
         self.total -= 1
