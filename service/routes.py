@@ -209,6 +209,13 @@ async def cancel(task_id: str) -> Response:
     return _json(outcome.data or "", 202)
 
 
+def _no_content() -> Response:
+    response = Response("", status=204)
+    # Quart gives every response a text/html type by default; a 204 has no body to type.
+    del response.headers["Content-Type"]
+    return response
+
+
 def _last_event_id() -> int | None:
     raw = request.headers.get("Last-Event-ID")
     source = "Last-Event-ID"
@@ -280,7 +287,7 @@ async def task_events(task_id: str) -> Response:
         if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL_STATES:
             # Already seen the end: 204 tells EventSource to stop reconnecting.
             cleanup()
-            return Response("", status=204)
+            return _no_content()
     except BaseException:
         cleanup()
         raise
@@ -322,7 +329,7 @@ async def create_session() -> Response:
 
 @bp.delete("/session")
 async def end_session() -> Response:
-    response = Response("", status=204)
+    response = _no_content()
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 

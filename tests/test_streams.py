@@ -59,6 +59,7 @@ def test_reconnection_after_the_end_gets_204(service, how):
         response = httpx.get(f"{service.url}/tasks/{snap['id']}/events?last_event_id={done['seq']}")
     assert response.status_code == 204
     assert response.content == b""
+    assert "content-type" not in response.headers
 
 
 def test_resume_from_zero_replays_everything_retained(service):
