@@ -242,6 +242,8 @@ def new_task_fields(
 
 
 class _Base:
+    """What both recorders share. `client` must decode responses (decode_responses=True)."""
+
     def __init__(self, client: Any, keys: Keys, ttl: int, retain: int, global_retain: int):
         self.client = client
         self.keys = keys
@@ -274,19 +276,11 @@ class _Base:
         status = Status(int(raw[0]))
         data = raw[1] if len(raw) > 1 and raw[1] else None
         g = int(raw[2]) if len(raw) > 2 else None
-        return Outcome(status, _text(data), g)
+        return Outcome(status, data, g)
 
     @staticmethod
     def _entries(raw: list[Any]) -> list[tuple[int, str]]:
-        return [(int(_text(entry_id).split("-", 1)[0]), _text(f[_k(f)])) for entry_id, f in raw]
-
-
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _k(fields: dict[Any, Any]) -> Any:
-    return b"d" if b"d" in fields else "d"
+        return [(int(entry_id.split("-", 1)[0]), f["d"]) for entry_id, f in raw]
 
 
 class Recorder(_Base):
@@ -297,7 +291,7 @@ class Recorder(_Base):
         return self._outcome(self._record(keys=keys, args=args))
 
     def get(self, task_id: str) -> str | None:
-        return _text(self._read(keys=[self.keys.task(task_id)])[0]) or None
+        return self._read(keys=[self.keys.task(task_id)])[0] or None
 
 
 class AsyncRecorder(_Base):
@@ -308,13 +302,13 @@ class AsyncRecorder(_Base):
         return self._outcome(await self._record(keys=keys, args=args))
 
     async def get(self, task_id: str) -> str | None:
-        return _text((await self._read(keys=[self.keys.task(task_id)]))[0]) or None
+        return (await self._read(keys=[self.keys.task(task_id)]))[0] or None
 
     async def get_many(self, task_ids: list[str]) -> list[str | None]:
         if not task_ids:
             return []
         raw = await self._read(keys=[self.keys.task(t) for t in task_ids])
-        return [_text(r) or None for r in raw]
+        return [r or None for r in raw]
 
     async def owners(self, task_ids: list[str]) -> list[str | None]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -325,7 +319,7 @@ class AsyncRecorder(_Base):
 
     async def owner(self, task_id: str) -> str | None:
         raw = await self.client.hget(self.keys.task(task_id), "owner")
-        return None if raw is None else json.loads(_text(raw))
+        return None if raw is None else json.loads(raw)
 
     async def changes_after(self, task_id: str, after: int) -> list[tuple[int, str]]:
         """The retained changes of one task with `seq` > after, oldest first."""
@@ -336,7 +330,7 @@ class AsyncRecorder(_Base):
         """Changes of every task with global seq > after: (global seq, snapshot, owner)."""
         raw = await self.client.xrange(self.keys.global_log, min=f"{after + 1}-0", count=count)
         return [
-            (seq, data, json.loads(_text(f.get("o") or f.get(b"o") or '""')))
+            (seq, data, json.loads(f.get("o") or '""'))
             for (seq, data), (_, f) in zip(self._entries(raw), raw, strict=True)
         ]
 
