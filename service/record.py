@@ -54,8 +54,8 @@ end
 )
 
 # KEYS: task hash, task log, global counter, global log, recent index
-# ARGV: channel, ttl, retain, global retain, mode, score, n_set, then n_set field/value pairs to
-#       set, then field/value pairs to set only where absent.
+# ARGV: channel, ttl, retain, global retain, mode, score, n_set, retries guard ('' for none), then
+#       n_set field/value pairs to set, then field/value pairs to set only where absent.
 _LUA_RECORD = (
     _LUA_SNAPSHOT
     + """
@@ -71,9 +71,13 @@ else
   if state == '"SUCCESS"' or state == '"FAILURE"' or state == '"REVOKED"' then
     return {3, snapshot(task_key)}
   end
+  local retries = tonumber(redis.call('HGET', task_key, 'retries') or '0')
+  if ARGV[8] ~= '' and retries >= tonumber(ARGV[8]) then
+    return {4, snapshot(task_key)}
+  end
 end
-local i = 8
-local stop = 8 + 2 * tonumber(ARGV[7])
+local i = 9
+local stop = 9 + 2 * tonumber(ARGV[7])
 while i < stop do
   redis.call('HSET', task_key, ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -160,6 +164,8 @@ class Status(IntEnum):
     RECORDED = 1
     EXISTS = 2
     TERMINAL = 3
+    # Refused by `Change.only_if_retries_below`: a later attempt is already recorded.
+    SUPERSEDED = 4
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,9 @@ class Change:
     score: float = 0.0
     # Stamped by the process that makes the change, as the contract asks.
     at: str = field(default_factory=utcnow)
+    # Record only while the task's `retries` is below this: keeps RETRY before the next STARTED
+    # whichever of the two processes involved gets to Redis first.
+    only_if_retries_below: int | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +274,7 @@ class _Base:
             "create" if change.create else "update",
             repr(change.score),
             len(to_set),
+            "" if change.only_if_retries_below is None else change.only_if_retries_below,
         ]
         for pairs in (to_set, change.set_if_absent):
             for name, value in pairs.items():

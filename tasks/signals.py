@@ -29,9 +29,12 @@ from tasks.registry import REGISTRY
 log = logging.getLogger(__name__)
 
 
-def _record(task_id: str, fields: dict[str, Any], **set_if_absent: Any) -> Status:
+def _record(
+    task_id: str, fields: dict[str, Any], retries_below: int | None = None, **set_if_absent: Any
+) -> Status:
+    change = Change(task_id, fields, set_if_absent, only_if_retries_below=retries_below)
     try:
-        return recorder(current_app).record(Change(task_id, fields, set_if_absent)).status
+        return recorder(current_app).record(change).status
     except Exception:
         # A signal handler that raises is logged and ignored by Celery; say which task it was.
         log.exception("could not record %s for task %s", fields.get("state"), task_id)
@@ -56,11 +59,16 @@ def _on_received(request: Any = None, **_: Any) -> None:
 def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
     if task.name not in REGISTRY:
         return
-    now = utcnow()
+    attempt = task.request.retries
+    if attempt:
+        # The retry's new message can be taken by another pool process before the old one
+        # records RETRY (countdown=0): then record RETRY first, so the states stay in order;
+        # the old one's late RETRY is refused as superseded.
+        _record(task_id, {"state": "RETRY", "retries": attempt}, retries_below=attempt)
     status = _record(
         task_id,
-        {"state": "STARTED", "retries": task.request.retries, "error": None},
-        started_at=now,
+        {"state": "STARTED", "retries": attempt, "error": None},
+        started_at=utcnow(),
     )
     if status is Status.TERMINAL:
         # Already REVOKED: tasks.tracked.TrackedTask will not run it.
@@ -73,7 +81,9 @@ def _on_retry(request: Any = None, reason: Any = None, einfo: Any = None, **_: A
         return
     cause = getattr(reason, "exc", None) or reason
     # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
-    _record(request.id, {"state": "RETRY", "retries": request.retries + 1, "error": _error(cause)})
+    attempt = request.retries + 1
+    fields = {"state": "RETRY", "retries": attempt, "error": _error(cause)}
+    _record(request.id, fields, retries_below=attempt)
 
 
 @task_success.connect

@@ -105,3 +105,25 @@ def test_non_json_values_are_refused():
 
     with pytest.raises(ValueError):
         dumps(float("nan"))
+
+
+def test_a_retry_guard_keeps_retry_before_the_next_start(recorder):
+    # The next attempt's STARTED (retries 1) got to Redis before the old attempt's RETRY: the
+    # starting process records RETRY itself, and the late RETRY is refused as superseded.
+    task_id = create(recorder)
+    recorder.record(Change(task_id, {"state": "STARTED", "retries": 0}))
+    early = recorder.record(
+        Change(task_id, {"state": "RETRY", "retries": 1}, only_if_retries_below=1)
+    )
+    assert early.status is Status.RECORDED
+    recorder.record(Change(task_id, {"state": "STARTED", "retries": 1}))
+    late = recorder.record(
+        Change(task_id, {"state": "RETRY", "retries": 1, "error": {"type": "E"}},
+               only_if_retries_below=1)
+    )  # fmt: skip
+    assert late.status is Status.SUPERSEDED
+    assert late.snapshot["state"] == "STARTED"
+    states = [
+        json.loads(f["d"])["state"] for _, f in recorder.client.xrange(recorder.keys.log(task_id))
+    ]
+    assert states == ["PENDING", "STARTED", "RETRY", "STARTED"]
