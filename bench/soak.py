@@ -27,7 +27,13 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from service.launch import PrivateRedis, free_port, web_command, worker_command
+from service.launch import (
+    PrivateRedis,
+    free_port,
+    wait_until_ready,
+    web_command,
+    worker_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -76,16 +82,9 @@ class Stack:
         self.redis.stop()
 
 
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+def wait_ready(url: str) -> None:
+    if not wait_until_ready(url, 30):
+        raise RuntimeError(f"{url} not ready")
 
 
 @dataclass

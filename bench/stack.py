@@ -20,7 +20,13 @@ from typing import Any
 import httpx
 import redis
 
-from service.launch import PrivateRedis, free_port, web_command, worker_command
+from service.launch import (
+    PrivateRedis,
+    free_port,
+    wait_until_ready,
+    web_command,
+    worker_command,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,16 +69,9 @@ class Stack:
         self.worker = self._spawn("worker", worker_command(self.worker_concurrency))
         extra = os.environ.get("BENCH_WEB_ARGS", "").split()
         self.web = self._spawn("web", web_command("127.0.0.1", self.port) + extra)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.web.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the web process did not start:\n{self.tail('web')}")
-            time.sleep(0.1)
+        web = self.web
+        if not wait_until_ready(self.base, 60, alive=lambda: web.poll() is None):
+            raise RuntimeError(f"the web process did not start:\n{self.tail('web')}")
         # The worker is ready when it has run a task.
         task = self.submit("add", x=1, y=2)
         self.wait_done(task["id"], 60)

@@ -15,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import redis
 
 from service.config import Settings
@@ -32,6 +34,27 @@ def redis_answers(url: str, wait: float = 1.0) -> bool:
             client.close()
     except (redis.RedisError, OSError, ValueError):
         return False
+
+
+def wait_until_ready(
+    url: str,
+    wait: float = 30.0,
+    status: int = 200,
+    alive: Callable[[], bool] = lambda: True,
+) -> bool:
+    """Poll `url`/readyz until it answers `status`; False when `wait` passes or `alive()` fails.
+
+    200 means Redis answers and the change subscription is live; tests also wait for 503.
+    """
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == status:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def free_port() -> int:
@@ -165,7 +188,9 @@ def main() -> int:
         subprocess.Popen(worker_command(), env=env, cwd=root),
         subprocess.Popen(web_command(host, settings.port), env=env, cwd=root),
     ]
-    print(f"taskstream: http://{host}:{settings.port}/  (Ctrl-C stops it)", flush=True)
+    url = f"http://{host}:{settings.port}"
+    if wait_until_ready(url, 60, alive=lambda: all(c.poll() is None for c in children)):
+        print(f"taskstream is ready: {url}/  (Ctrl-C stops it)", flush=True)
 
     stopping = False
 

@@ -20,8 +20,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
-from service.launch import PrivateRedis, free_port, redis_answers, web_command, worker_command
+from service.launch import (
+    PrivateRedis,
+    free_port,
+    redis_answers,
+    wait_until_ready,
+    web_command,
+    worker_command,
+)
+from service.record import Change, Keys, Recorder, Status, new_task_fields, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -169,17 +178,8 @@ class Service:
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
+    if not wait_until_ready(url, timeout, alive=lambda: proc.popen.poll() is None):
+        raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
 
 
 def wait_for_worker(proc: Proc, timeout: float = 30) -> None:
@@ -274,6 +274,23 @@ def assert_contiguous(ids: list[int], first: int | None = None) -> None:
     if first is not None:
         assert ids[0] == first, ids
     assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+
+
+def direct_recorder(svc: Service) -> Recorder:
+    """The deployment's record, written to directly as a worker would (close its `.client`)."""
+    client = redis.Redis.from_url(svc.redis_url, decode_responses=True)
+    return Recorder(client, Keys(svc.prefix), ttl=600, retain=1000, global_retain=10000)
+
+
+def accept_directly(recorder: Recorder, task: str = "sleep") -> str:
+    """Record a task as accepted (PENDING), as POST /tasks does, without queueing it."""
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    outcome = recorder.record(
+        Change(task_id, new_task_fields(task_id, task, now), create=True, score=time.time(), at=now)
+    )
+    assert outcome.status is Status.RECORDED
+    return task_id
 
 
 def python() -> str:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from service.launch import PrivateRedis
+from service.launch import PrivateRedis, wait_until_ready
 from tests.conftest import TERMINAL, Service, assert_contiguous, poll_until_done, submit
 
 
@@ -49,15 +49,7 @@ def follow(base: str, task_id: str, out: list[tuple[int, dict]], stop: threading
 
 
 def wait_ready(base: str, status: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=3).status_code == status:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"/readyz never answered {status}")
+    assert wait_until_ready(base, timeout, status=status), f"/readyz never answered {status}"
 
 
 def test_redis_restart_mid_task(durable_redis, tmp_path):

@@ -8,13 +8,18 @@ import signal
 import socket
 import threading
 import time
-import uuid
 
 import httpx
-import redis
 
-from service.record import Change, Keys, Recorder, new_task_fields, utcnow
-from tests.conftest import assert_contiguous, poll_until_done, read_stream, submit
+from service.record import Change
+from tests.conftest import (
+    accept_directly,
+    assert_contiguous,
+    direct_recorder,
+    poll_until_done,
+    read_stream,
+    submit,
+)
 
 
 def metric(base: str, name: str) -> float:
@@ -92,12 +97,8 @@ def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_se
     svc.start_web()
     # A task whose author reports big progress messages, recorded as a worker would: ~13 MB
     # in all, more than the socket buffers between a server and a client that stopped reading.
-    client = redis.Redis.from_url(svc.redis_url, decode_responses=True)
-    recorder = Recorder(client, Keys(svc.prefix), ttl=600, retain=1000, global_retain=10000)
-    task_id = str(uuid.uuid4())
-    now = utcnow()
-    recorder.record(Change(task_id, new_task_fields(task_id, "sleep", now), create=True,
-                           score=time.time(), at=now))  # fmt: skip
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
 
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -117,7 +118,7 @@ def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_se
         time.sleep(0.005)
     recorder.record(Change(task_id, {"state": "SUCCESS", "result": "done"}))
     reader.join(30)
-    client.close()
+    recorder.client.close()
     assert_contiguous([i for i, _ in good], first=1)
     assert good[-1][1]["state"] == "SUCCESS"
 

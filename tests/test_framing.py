@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import httpx
 import pytest
-import redis
 
-from service.record import Change, Keys, Recorder, new_task_fields, utcnow
-from tests.conftest import read_stream, submit
+from service.record import Change
+from tests.conftest import accept_directly, direct_recorder, read_stream, submit
 
 HOSTILE = [
     'line one\nid: 99\ndata: {"state": "SUCCESS"}\n\nevent: boom\n',
@@ -53,18 +49,14 @@ def test_hostile_error_messages_stay_inside_one_data_line(service, message):
 
 def test_hostile_progress_and_results_from_a_task_author(service):
     # A task author's progress messages and results are arbitrary: record them as a worker would.
-    client = redis.Redis.from_url(service.redis_url, decode_responses=True)
-    recorder = Recorder(client, Keys(service.prefix), ttl=600, retain=1000, global_retain=10000)
-    task_id = str(uuid.uuid4())
-    now = utcnow()
-    recorder.record(Change(task_id, new_task_fields(task_id, "sleep", now), create=True,
-                           score=time.time(), at=now))  # fmt: skip
+    recorder = direct_recorder(service)
+    task_id = accept_directly(recorder)
     for n, text in enumerate(HOSTILE, 1):
         progress = {"current": n, "total": len(HOSTILE), "percent": None, "message": text}
         recorder.record(Change(task_id, {"state": "PROGRESS", "progress": progress}))
     result = {"lines": HOSTILE, "nested": {"\nid: 1": "\r\n\r\n"}}
     recorder.record(Change(task_id, {"state": "SUCCESS", "result": result}))
-    client.close()
+    recorder.client.close()
 
     events = read_stream(service.url, task_id, query="?last_event_id=0")
     assert [s["progress"]["message"] for _, s in events[1:-1]] == HOSTILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 
 import pytest
 import redis
@@ -15,10 +14,8 @@ from service.record import (
     Keys,
     Recorder,
     Status,
-    new_task_fields,
-    utcnow,
 )
-from tests.conftest import new_prefix
+from tests.conftest import accept_directly, new_prefix
 
 
 @pytest.fixture
@@ -32,13 +29,7 @@ def recorder(redis_url):
 
 
 def create(recorder: Recorder) -> str:
-    task_id = str(uuid.uuid4())
-    now = utcnow()
-    outcome = recorder.record(
-        Change(task_id, new_task_fields(task_id, "add", now), create=True, score=1.0, at=now)
-    )
-    assert outcome.status is Status.RECORDED
-    return task_id
+    return accept_directly(recorder, "add")
 
 
 def test_concurrent_writers_get_distinct_contiguous_seqs(recorder):
