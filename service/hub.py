@@ -129,7 +129,6 @@ class Hub:
         self.reconnects = 0
         self.delivered = 0
         self.overflows = 0
-        self.received = 0
         self.by_state: Counter[str] = Counter()
 
     @property
@@ -187,7 +186,6 @@ class Hub:
 
     def _dispatch(self, message: str) -> None:
         item = Announcement.parse(message)
-        self.received += 1
         self.by_state[item.state] += 1
         for group in (self._by_task.get(item.task_id, ()), self._all):
             for sub in group:
