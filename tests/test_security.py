@@ -265,3 +265,20 @@ def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(se
             assert cookies["taskstream_session"]["httpOnly"] is True
         finally:
             browser.close()
+
+
+def test_without_authentication_only_the_per_process_stream_bound_holds(make_service):
+    # One local user (or a benchmark's thousands of streams from one address) is not a "caller"
+    # to limit; the process still bounds its streams.
+    svc = make_service(MAX_STREAMS_PER_CALLER="2", MAX_STREAMS_PER_PROCESS="3")
+    svc.start_web()
+    task = httpx.post(f"{svc.url}/tasks", json={"task": "sleep", "kwargs": {"seconds": 60}}).json()
+    url = f"{svc.url}/tasks/{task['id']}/events"
+    with httpx.Client(timeout=10) as client:
+        streams = [client.send(client.build_request("GET", url), stream=True) for _ in range(3)]
+        assert [s.status_code for s in streams] == [200, 200, 200]
+        refused = client.get(url)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        for stream in streams:
+            stream.close()
