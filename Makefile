@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## run: set up, then start Redis (if none answers at REDIS_URL), a worker and the web on $PORT
 run: $(STAMP)
-	$(PY) -m service.launch
+	$(PY) -m taskstream.web.launch
 
 SUDO := $(if $(filter root,$(shell whoami)),,sudo)
 

@@ -6,9 +6,10 @@ import os
 import sys
 import time
 
+from taskstream.web.launch import raise_open_file_limit
+
 from bench import latency, report, streams, throughput
 from bench.stack import Stack
-from service.launch import raise_open_file_limit
 
 NOTES = """How each figure is taken:
 
@@ -29,7 +30,7 @@ NOTES = """How each figure is taken:
   synchronous publishing (kombu), which runs on the web's thread pool; at the default log level
   (INFO) each accepted task also writes a log line (`BENCH_LOG_LEVEL=WARNING` gives ~20% more).
 
-The web runs as `service.launch.web_command` starts it: Hypercorn on uvloop, default settings.
+The web runs as `taskstream.web.launch.web_command` starts it: Hypercorn on uvloop, defaults.
 What the figures owe to tuning found with this bench: uvloop (about half the fan-out time), a
 Redis pool of 4 (it had grown to 16 under 5,000 opens), streams that keep no sent snapshot and
 wake on one future (35.6 -> 31 KB a stream), and the web's young-GC threshold of 10,000 with

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from service.launch import raise_open_file_limit
+from taskstream.web.launch import raise_open_file_limit
 
 _EVENT = re.compile(rb"\nid: (\d+)\ndata: ([^\n]*)\n\n")
 _KEEP_TAIL = 4096

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import httpx
 from httpx_sse import connect_sse
-
-from service.launch import (
+from taskstream.web.launch import (
     PrivateRedis,
     free_port,
     wait_until_ready,

@@ -19,8 +19,7 @@ from typing import Any
 
 import httpx
 import redis
-
-from service.launch import (
+from taskstream.web.launch import (
     PrivateRedis,
     free_port,
     wait_until_ready,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from quart import Quart, Response, request
-
-from service import openapi, problems, security
-from service.auth import Authenticator
-from service.config import Settings
-from service.routes import bp
-from service.security import StreamSlots
-from service.services import Services
-from service.write_timeout import WriteTimeout
-from tasks.celery_app import create_celery
+from taskstream.celery_app import create_celery
+from taskstream.settings import Settings
+from taskstream.web import openapi, problems, security
+from taskstream.web.auth import Authenticator
+from taskstream.web.routes import bp
+from taskstream.web.security import StreamSlots
+from taskstream.web.services import Services
+from taskstream.web.write_timeout import WriteTimeout
 
 
 def create_app(settings: Settings | None = None, *, handle_signals: bool = False) -> Quart:

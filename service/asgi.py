@@ -1,15 +1,17 @@
-"""The ASGI entry point Hypercorn serves: `hypercorn service.asgi:app`."""
+"""The ASGI entry point Hypercorn serves: `hypercorn taskstream.web.asgi:app`."""
 
 import gc
 
-from service import logs
-from service.app import create_app
-from service.launch import raise_open_file_limit
+from taskstream import logs
+from taskstream.settings import Settings
+from taskstream.web.app import create_app
+from taskstream.web.launch import raise_open_file_limit
 
-logs.configure()
+settings = Settings.from_env()
+logs.configure(settings.log_level, settings.log_format)
 
 raise_open_file_limit()
-app = create_app(handle_signals=True)
+app = create_app(settings, handle_signals=True)
 
 # Thousands of open streams make CPython's full collections long (~0.6 s for 5,000 streams on a
 # 2-core VM: the loop stops and every stream waits). Each change leaves every waiting stream with

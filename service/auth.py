@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 
 from quart import Request
-
-from service.config import Settings
-from service.problems import Problem
+from taskstream.settings import Settings
+from taskstream.web.problems import Problem
 
 SESSION_COOKIE = "taskstream_session"
 

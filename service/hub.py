@@ -14,9 +14,49 @@ import time
 from collections import Counter, deque
 from typing import Any, Final
 
-from service.record import Announcement
+from taskstream.record import Header, split_announcement
+from taskstream.states import TERMINAL
+from taskstream.web import sse
+from taskstream.web.snapshots import linked
 
 log = logging.getLogger(__name__)
+
+
+class Announcement:
+    """A change as it arrives on pub/sub: parsed once per web process, shared by every stream."""
+
+    __slots__ = ("_frames", "data", "global_seq", "owner", "seq", "state", "task_id")
+
+    def __init__(self, global_seq: int, seq: int, task_id: str, state: str, owner: str, data: str):
+        self.global_seq = global_seq
+        self.seq = seq
+        self.task_id = task_id
+        self.state = state
+        self.owner = owner
+        self.data = data
+        self._frames: dict[tuple[bool, str], bytes] = {}
+
+    @classmethod
+    def parse(cls, message: str) -> Announcement:
+        header, data = split_announcement(message)
+        return cls.from_header(header, data)
+
+    @classmethod
+    def from_header(cls, h: Header, data: str) -> Announcement:
+        return cls(h.global_seq, h.seq, h.task_id, h.state, h.owner, data)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def frame(self, by_global_seq: bool = False, root: str = "") -> bytes:
+        """The SSE event, encoded once however many streams send it."""
+        key = (by_global_seq, root)
+        cached = self._frames.get(key)
+        if cached is None:
+            event_id = self.global_seq if by_global_seq else self.seq
+            cached = self._frames[key] = sse.event(event_id, linked(self.data, self.task_id, root))
+        return cached
 
 
 class _Resync:

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import httpx
 import redis
-
-from service.config import Settings
+from taskstream.settings import Settings
 
 
 def redis_answers(url: str, wait: float = 1.0) -> bool:
@@ -139,7 +138,16 @@ class PrivateRedis:
 
 
 def worker_command(concurrency: int | None = None, hostname: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel", "INFO"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "taskstream.worker",
+        "worker",
+        "--loglevel",
+        "INFO",
+    ]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
     if hostname:
@@ -149,7 +157,7 @@ def worker_command(concurrency: int | None = None, hostname: str | None = None) 
 
 def web_command(host: str, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "hypercorn", "service.asgi:app",
+        sys.executable, "-m", "hypercorn", "taskstream.web.asgi:app",
         "--bind", f"{host}:{port}",
         "--graceful-timeout", "10",
         "--backlog", "4096",
@@ -182,7 +190,7 @@ def main() -> int:
         print(f"nothing answers at {_safe(settings.redis_url)}: started a private "
               f"redis-server at {private.url}", flush=True)  # fmt: skip
     raise_open_file_limit()
-    host = os.environ.get("HOST", "127.0.0.1")
+    host = settings.host
     root = str(Path(__file__).resolve().parent.parent)
     children = [
         subprocess.Popen(worker_command(), env=env, cwd=root),

@@ -6,8 +6,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from taskstream.states import TaskState
+
 if TYPE_CHECKING:
-    from service.hub import Hub
+    from taskstream.web.hub import Hub
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,7 +55,7 @@ class Metrics:
             "counter",
             "Changes received on the subscription, by the state they set.",
             [(f'{{state="{state}"}}', n) for state, n in sorted(hub.by_state.items())]
-            or [('{state="PENDING"}', 0)],
+            or [(f'{{state="{TaskState.PENDING}"}}', 0)],
         )
         metric(
             "stream_overflows_total",

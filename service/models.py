@@ -22,21 +22,14 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
+from taskstream.registry import REGISTRY
+from taskstream.states import TaskState
+from taskstream.web.media import EVENT_STREAM, HTML, PROBLEM_JSON, PROMETHEUS_TEXT
 
-from tasks.registry import REGISTRY
-
-State = Literal[
-    "PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
-]
+State = TaskState
 
 # The largest event id a client may send back (Redis stream ids are 64-bit).
 MAX_EVENT_ID = 2**63 - 1
-
-JSON = "application/json"
-PROBLEM_JSON = "application/problem+json"
-EVENT_STREAM = "text/event-stream"
-HTML = "text/html"
-PROMETHEUS_TEXT = "text/plain"
 
 
 class Progress(BaseModel):

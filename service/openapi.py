@@ -16,9 +16,9 @@ from pydantic import BaseModel
 from quart import Quart, Response, current_app
 from quart_schema import QuartSchema, document_headers, document_querystring, document_request
 from quart_schema.openapi import OpenAPIProvider
+from taskstream.web import media
+from taskstream.web import models as m
 from werkzeug.routing.rules import Rule
-
-from service import models as m
 
 _REF = "#/components/schemas/{model}"
 _TEXT = {"schema": {"type": "string"}}
@@ -303,14 +303,14 @@ class _Provider(OpenAPIProvider):
         model = answer.model
         if model is None:
             return response
-        media_type = getattr(model, "media_type", m.JSON)
-        if media_type == m.EVENT_STREAM:
+        media_type = getattr(model, "media_type", media.JSON)
+        if media_type == media.EVENT_STREAM:
             # Validation mode: it writes `data` as a JSON text (contentSchema), as it is sent.
             schema = model.model_json_schema(ref_template=_REF, mode="validation")
             components.update(schema.pop("$defs", {}))
             components.setdefault(model.__name__, schema)
             content = {"schema": {"$ref": _REF.format(model=model.__name__)}}
-        elif media_type in (m.HTML, m.PROMETHEUS_TEXT):
+        elif media_type in (media.HTML, media.PROMETHEUS_TEXT):
             content = _TEXT
         else:
             content = {"schema": self._ref(model, components)}

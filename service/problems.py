@@ -8,11 +8,10 @@ from typing import Any
 
 from quart import Quart, Response
 from redis.exceptions import RedisError
+from taskstream.web.media import PROBLEM_JSON
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
 
 
 class Problem(Exception):

@@ -15,23 +15,24 @@ from typing import Any
 
 from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
-
-from service.auth import SESSION_COOKIE
-from service.hub import Subscription
-from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.models import MAX_EVENT_ID, SubmitBody
-from service.problems import Problem
-from service.record import TERMINAL_STATES, Change, Status, dumps, new_task_fields, utcnow
-from service.security import check_submission_rate, current_caller
-from service.services import services
-from service.streams import StreamBody, StreamOptions, global_stream, task_stream
-from tasks.registry import REGISTRY, ArgumentsInvalid, bind_arguments
+from taskstream.record import Change, Status, dumps, new_task_fields, utcnow
+from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
+from taskstream.states import TERMINAL, TaskState
+from taskstream.web.auth import SESSION_COOKIE
+from taskstream.web.hub import Subscription
+from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from taskstream.web.models import MAX_EVENT_ID, SubmitBody
+from taskstream.web.problems import Problem
+from taskstream.web.security import check_submission_rate, current_caller
+from taskstream.web.services import services
+from taskstream.web.snapshots import linked, links
+from taskstream.web.streams import StreamBody, StreamOptions, global_stream, task_stream
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tasks", __name__)
 
-STATES = ("PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
+STATES = tuple(TaskState)
 _MAX_ID_LENGTH = 64
 # How many tasks one list request may examine while filtering, so a filter that matches little
 # costs a bounded amount; the cursor carries on from where it stopped.
@@ -43,6 +44,14 @@ def _json(data: str, status: int = 200, headers: dict[str, str] | None = None) -
     response.headers["Cache-Control"] = "no-store"
     response.headers.update(headers or {})
     return response
+
+
+def _linked(data: str, task_id: str) -> str:
+    return linked(data, task_id, request.root_path)
+
+
+def _self_link(task_id: str) -> str:
+    return links(task_id, request.root_path)["self"]
 
 
 def _not_found(task_id: str) -> Problem:
@@ -133,7 +142,7 @@ async def submit() -> Response:
         log.error("could not enqueue task %s: %s", task_id, type(exc).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
         await svc.record.record(
-            Change(task_id, {"state": "FAILURE", "error": error, "finished_at": utcnow()})
+            Change(task_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})
         )
         raise Problem(
             503,
@@ -144,7 +153,7 @@ async def submit() -> Response:
         ) from None
     svc.metrics.submitted += 1
     log.info("accepted task %s (%s)", task_id, task_type.name, extra={"task_id": task_id})
-    return _json(created.data or "", 202, {"Location": f"/tasks/{task_id}"})
+    return _json(_linked(created.data or "", task_id), 202, {"Location": _self_link(task_id)})
 
 
 async def _check_owner(task_id: str) -> None:
@@ -172,7 +181,7 @@ async def status(task_id: str) -> Response:
     etag = f'"{json.loads(data)["seq"]}"'
     if etag in request.headers.get("If-None-Match", ""):
         return Response("", status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    response = _json(data, headers={"ETag": etag})
+    response = _json(_linked(data, task_id), headers={"ETag": etag})
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -186,7 +195,7 @@ async def cancel(task_id: str) -> Response:
     # Recording REVOKED is the cancel: the terminal guard in the record makes it atomic against
     # the task finishing, so exactly one of them wins.
     outcome = await svc.record.record(
-        Change(task_id, {"state": "REVOKED", "finished_at": utcnow()})
+        Change(task_id, {"state": TaskState.REVOKED, "finished_at": utcnow()})
     )
     if outcome.status is Status.UNKNOWN:
         raise _not_found(task_id)
@@ -206,7 +215,7 @@ async def cancel(task_id: str) -> Response:
     except Exception as exc:
         # REVOKED is recorded, and workers check the record before running a task.
         log.warning("revoke broadcast for %s failed: %s", task_id, type(exc).__name__)
-    return _json(outcome.data or "", 202)
+    return _json(_linked(outcome.data or "", task_id), 202)
 
 
 def _no_content() -> Response:
@@ -253,7 +262,9 @@ def _stream_response(body: Any) -> Response:
 
 def _options() -> StreamOptions:
     s = services().settings
-    return StreamOptions(keepalive_seconds=s.keepalive_seconds, retry_ms=s.sse_retry_ms)
+    return StreamOptions(
+        keepalive_seconds=s.keepalive_seconds, retry_ms=s.sse_retry_ms, root=request.root_path
+    )
 
 
 def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
@@ -284,7 +295,7 @@ async def task_events(task_id: str) -> Response:
             raise _not_found(task_id)
         await _check_owner(task_id)
         snapshot = json.loads(current)
-        if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL_STATES:
+        if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL:
             # Already seen the end: 204 tells EventSource to stop reconnecting.
             cleanup()
             return _no_content()
@@ -439,7 +450,7 @@ async def list_tasks() -> Response:
                     names and snap["task"] not in names
                 ):
                     continue
-            items.append(data)
+            items.append(_linked(data, task_id))
             if len(items) == limit:
                 full = True
                 exhausted = exhausted and (task_id, score) == page[-1]

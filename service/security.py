@@ -9,9 +9,8 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 from quart import Quart, Response, g, request
-
-from service.auth import LOCAL, Authenticator, Caller
-from service.problems import Problem
+from taskstream.web.auth import LOCAL, Authenticator, Caller
+from taskstream.web.problems import Problem
 
 # Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in).
 PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}

@@ -13,13 +13,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery
 from quart import current_app
-
-from service.auth import Authenticator
-from service.config import Settings
-from service.hub import Hub
-from service.metrics import Metrics
-from service.record import AsyncRecorder, Keys
-from service.security import StreamSlots
+from taskstream.keys import Keys
+from taskstream.record import AsyncRecorder
+from taskstream.settings import Settings
+from taskstream.web.auth import Authenticator
+from taskstream.web.hub import Hub
+from taskstream.web.metrics import Metrics
+from taskstream.web.security import StreamSlots
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.exceptions import RedisError
-
-from service import sse
-from service.hub import CLOSE, RESYNC, Subscription
-from service.record import TERMINAL_STATES, Announcement, AsyncRecorder
+from taskstream.record import AsyncRecorder
+from taskstream.states import TERMINAL
+from taskstream.web import sse
+from taskstream.web.hub import CLOSE, RESYNC, Announcement, Subscription
+from taskstream.web.snapshots import linked
 
 # How many changes one read of the global log fetches while catching up.
 _GLOBAL_BATCH = 1_000
@@ -73,6 +74,8 @@ class StreamBody:
 class StreamOptions:
     keepalive_seconds: float
     retry_ms: int
+    # The root path the stream was requested under, for the snapshots' links.
+    root: str = ""
 
 
 def _seq_and_state(data: str) -> tuple[int, str]:
@@ -81,7 +84,7 @@ def _seq_and_state(data: str) -> tuple[int, str]:
 
 
 def _is_terminal(data: str) -> bool:
-    return json.loads(data)["state"] in TERMINAL_STATES
+    return json.loads(data)["state"] in TERMINAL
 
 
 async def task_stream(
@@ -98,13 +101,14 @@ async def task_stream(
     """
     yield sse.retry(options.retry_ms)
     seq, state = _seq_and_state(current)
+    root = options.root
     if after is None or after > seq:
-        yield sse.event(seq, current)
-        if state in TERMINAL_STATES:
+        yield sse.event(seq, linked(current, task_id, root))
+        if state in TERMINAL:
             return
         sent = seq
     else:
-        caught = await _patiently(_catch_up, record, task_id, after, after == 0)
+        caught = await _patiently(_catch_up, record, task_id, after, after == 0, root)
         for frame in caught.frames:
             yield frame
         if caught.done:
@@ -122,7 +126,7 @@ async def task_stream(
         if item is CLOSE:
             return
         if item is RESYNC or item.seq > sent + 1:
-            caught = await _patiently(_catch_up, record, task_id, sent, False)
+            caught = await _patiently(_catch_up, record, task_id, sent, False, root)
             for frame in caught.frames:
                 yield frame
             sent = caught.sent
@@ -132,7 +136,7 @@ async def task_stream(
         assert isinstance(item, Announcement)
         if item.seq <= sent:
             continue
-        yield item.frame()
+        yield item.frame(root=root)
         sent = item.seq
         if item.terminal:
             return
@@ -145,7 +149,9 @@ class _CatchUp:
     done: bool
 
 
-async def _catch_up(record: AsyncRecorder, task_id: str, sent: int, allow_gap: bool) -> _CatchUp:
+async def _catch_up(
+    record: AsyncRecorder, task_id: str, sent: int, allow_gap: bool, root: str
+) -> _CatchUp:
     """The stored changes after `sent`, or the current snapshot where those are not retained."""
     changes = await record.changes_after(task_id, sent)
     if changes and changes[0][0] != sent + 1 and not allow_gap:
@@ -154,7 +160,7 @@ async def _catch_up(record: AsyncRecorder, task_id: str, sent: int, allow_gap: b
             return _CatchUp([], sent, True)
         seq = json.loads(current)["seq"]
         changes = [(seq, current)] if seq > sent else []
-    frames = [sse.event(seq, data) for seq, data in changes]
+    frames = [sse.event(seq, linked(data, task_id, root)) for seq, data in changes]
     if not changes:
         # Nothing new, or the task is gone (expired, or Redis lost its data): then end, and a
         # reconnecting client learns which from the 404.
@@ -177,9 +183,9 @@ async def global_stream(
         # Catch up from the stored global log, then follow the hub.
         while True:
             batch = await _patiently(record.global_changes_after, seen, _GLOBAL_BATCH)
-            for g, data, owner in batch:
+            for g, data, owner, task_id in batch:
                 if visible(owner):
-                    yield sse.event(g, data)
+                    yield sse.event(g, linked(data, task_id, options.root))
                 seen = g
             if len(batch) < _GLOBAL_BATCH:
                 break
@@ -196,5 +202,5 @@ async def global_stream(
             if item.global_seq <= seen:
                 continue
             if visible(item.owner):
-                yield item.frame(by_global_seq=True)
+                yield item.frame(by_global_seq=True, root=options.root)
             seen = item.global_seq

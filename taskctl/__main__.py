@@ -1,5 +1,5 @@
 """`python -m taskctl`, the same as the installed `taskctl` command."""
 
-from taskctl.cli import main
+from taskstream.client.cli import main
 
 raise SystemExit(main())

@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from taskctl import __version__, exitcodes, render
-from taskctl.client import Api, ServiceError, Unreachable
-from taskctl.follow import TERMINAL, Follower, FollowOptions
-from taskctl.params import ParamError, parse_params, parse_value
+from taskstream.client import __version__, exitcodes, render
+from taskstream.client.client import Api, ServiceError, Unreachable
+from taskstream.client.follow import TERMINAL, Follower, FollowOptions
+from taskstream.client.params import ParamError, parse_params, parse_value
 
 DEFAULT_URL = "http://localhost:8000"
 URL_VARIABLE = "TASKSTREAM_URL"

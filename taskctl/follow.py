@@ -15,8 +15,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import SSEError
-
-from taskctl.client import Api, ServiceError, Unreachable, describe
+from taskstream.client.client import Api, ServiceError, Unreachable, describe
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import setup_logging
-
-from service.config import Settings, redis_tls_options
+from taskstream import logs
+from taskstream.settings import Settings, redis_tls_options
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -65,16 +65,14 @@ def create_celery(settings: Settings | None = None) -> Celery:
     )
     # Registering the tasks and connecting the signal handlers are import side effects, done
     # here so that both the worker and the web process see the same registry.
-    import tasks.demo
-    import tasks.signals  # noqa: F401
+    import taskstream.demo
+    import taskstream.signals  # noqa: F401
 
     # Celery configures logging itself unless something answers setup_logging: we do, so the
     # worker writes the same structured lines as the web, with the task id as a field.
-    setup_logging.connect(_structured_logging, weak=False)
+    def structured_logging(loglevel: object = None, **_: object) -> None:
+        level = loglevel if isinstance(loglevel, str) else settings.log_level
+        logs.configure(level=level, fmt=settings.log_format)
+
+    setup_logging.connect(structured_logging, weak=False)
     return app
-
-
-def _structured_logging(loglevel: object = None, **_: object) -> None:
-    from service import logs
-
-    logs.configure(level=loglevel if isinstance(loglevel, str) else None)

@@ -6,9 +6,8 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from tasks.progress import report_progress
-from tasks.registry import number, submittable
+from taskstream.progress import report_progress
+from taskstream.registry import number, submittable
 
 
 class _Arguments(BaseModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import current_task
 from celery.exceptions import Ignore
-
-from service.record import Change, Status
-from tasks.recording import recorder
+from taskstream.record import Change, Status
+from taskstream.recording import recorder
+from taskstream.states import TaskState
 
 
 def report_progress(current: float, total: float | None = None, message: str | None = None) -> None:
@@ -23,7 +23,7 @@ def report_progress(current: float, total: float | None = None, message: str | N
         percent = round(min(max(current / total, 0.0), 1.0) * 100, 1)
     progress = {"current": current, "total": total, "percent": percent, "message": message}
     outcome = recorder(task.app).record(
-        Change(task.request.id, {"state": "PROGRESS", "progress": progress})
+        Change(task.request.id, {"state": TaskState.PROGRESS, "progress": progress})
     )
     if outcome.status is Status.TERMINAL:
         raise Ignore()

@@ -8,9 +8,9 @@ import redis
 from celery import Celery
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
-
-from service.config import Settings
-from service.record import Keys, Recorder
+from taskstream.keys import Keys
+from taskstream.record import Recorder
+from taskstream.settings import Settings
 
 _RECORD_RETRIES = 18
 
@@ -18,7 +18,7 @@ _RECORD_RETRIES = 18
 def settings_of(app: Celery) -> Settings:
     settings = app.conf.get("taskstream_settings")
     if settings is None:
-        raise RuntimeError("this Celery app was not made by tasks.celery_app.create_celery")
+        raise RuntimeError("this Celery app was not made by taskstream.celery_app.create_celery")
     return settings
 
 

@@ -83,7 +83,7 @@ def submittable(
     arguments: type[BaseModel], description: str, **celery_options: Any
 ) -> Callable[[Callable[..., Any]], Any]:
     """Register a function as a Celery task that clients may submit with `arguments`."""
-    from tasks.tracked import TrackedTask
+    from taskstream.tracked import TrackedTask
 
     def register(fn: Callable[..., Any]) -> Any:
         name = fn.__name__

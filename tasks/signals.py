@@ -21,10 +21,10 @@ from celery.signals import (
     task_revoked,
     task_success,
 )
-
-from service.record import Change, Status, dumps, utcnow
-from tasks.recording import recorder, settings_of
-from tasks.registry import REGISTRY
+from taskstream.record import Change, Status, dumps, utcnow
+from taskstream.recording import recorder, settings_of
+from taskstream.registry import REGISTRY
+from taskstream.states import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _error(exc: BaseException, traceback: Any = None) -> dict[str, Any]:
 def _on_received(request: Any = None, **_: Any) -> None:
     # A retry's new message is received too; the contract shows RETRY followed by STARTED.
     if request.name in REGISTRY and not request.request_dict.get("retries"):
-        _record(request.id, {"state": "RECEIVED"})
+        _record(request.id, {"state": TaskState.RECEIVED})
 
 
 @task_prerun.connect
@@ -64,14 +64,14 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
         # The retry's new message can be taken by another pool process before the old one
         # records RETRY (countdown=0): then record RETRY first, so the states stay in order;
         # the old one's late RETRY is refused as superseded.
-        _record(task_id, {"state": "RETRY", "retries": attempt}, retries_below=attempt)
+        _record(task_id, {"state": TaskState.RETRY, "retries": attempt}, retries_below=attempt)
     status = _record(
         task_id,
-        {"state": "STARTED", "retries": attempt, "error": None},
+        {"state": TaskState.STARTED, "retries": attempt, "error": None},
         started_at=utcnow(),
     )
     if status is Status.TERMINAL:
-        # Already REVOKED: tasks.tracked.TrackedTask will not run it.
+        # Already REVOKED: taskstream.tracked.TrackedTask will not run it.
         task.request.taskstream_cancelled = True
 
 
@@ -82,7 +82,7 @@ def _on_retry(request: Any = None, reason: Any = None, einfo: Any = None, **_: A
     cause = getattr(reason, "exc", None) or reason
     # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
     attempt = request.retries + 1
-    fields = {"state": "RETRY", "retries": attempt, "error": _error(cause)}
+    fields = {"state": TaskState.RETRY, "retries": attempt, "error": _error(cause)}
     _record(request.id, fields, retries_below=attempt)
 
 
@@ -95,11 +95,11 @@ def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
         dumps(result)
     except (TypeError, ValueError) as exc:
         fields = {
-            "state": "FAILURE",
+            "state": TaskState.FAILURE,
             "error": {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"},
         }
     else:
-        fields = {"state": "SUCCESS", "result": result}
+        fields = {"state": TaskState.SUCCESS, "result": result}
     _record(task_id, {**fields, "finished_at": utcnow()})
 
 
@@ -115,7 +115,11 @@ def _on_failure(
         return
     _record(
         task_id,
-        {"state": "FAILURE", "error": _error(exception, traceback), "finished_at": utcnow()},
+        {
+            "state": TaskState.FAILURE,
+            "error": _error(exception, traceback),
+            "finished_at": utcnow(),
+        },
     )
 
 
@@ -126,4 +130,4 @@ def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None or name not in REGISTRY:
         return
     # Usually the web process recorded REVOKED first and this finds the task terminal already.
-    _record(request.id, {"state": "REVOKED", "finished_at": utcnow()})
+    _record(request.id, {"state": TaskState.REVOKED, "finished_at": utcnow()})

@@ -1,5 +1,5 @@
-"""What `celery -A tasks.worker worker` loads: the Celery app, configured from the environment."""
+"""What `celery -A taskstream.worker worker` loads: the app, configured from the environment."""
 
-from tasks.celery_app import create_celery
+from taskstream.celery_app import create_celery
 
 app = create_celery()

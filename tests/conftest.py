@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-
-from service.launch import (
+from taskstream.keys import Keys
+from taskstream.record import Change, Recorder, Status, new_task_fields, utcnow
+from taskstream.web.launch import (
     PrivateRedis,
     free_port,
     redis_answers,
@@ -30,7 +31,6 @@ from service.launch import (
     web_command,
     worker_command,
 )
-from service.record import Change, Keys, Recorder, Status, new_task_fields, utcnow
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}

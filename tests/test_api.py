@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from taskstream.settings import Settings
+from taskstream.web.app import create_app
 
-from service.app import create_app
-from service.config import Settings
 from tests.conftest import new_prefix, poll_until_done, submit
 
 

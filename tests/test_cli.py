@@ -1,6 +1,6 @@
 """The command-line client, run as a real process against the running service.
 
-Each test runs `python -m taskctl ...` the way a user or a script would and checks what they see:
+Each test runs `taskctl ...` the way a user or a script would and checks what they see:
 stdout, stderr and the exit code. Dropped connections go through a small TCP proxy of our own,
 which the test stops and starts again in the middle of a stream.
 """
@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from taskstream.web.launch import free_port
 
-from service.launch import free_port
 from tests.conftest import poll_until_done, submit
 
 OK, FAILURE, REVOKED, USAGE, UNAVAILABLE = 0, 1, 2, 3, 4
@@ -37,7 +37,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 def taskctl(
     *args: str, url: str | None, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "taskctl", *args]
+    cmd = [sys.executable, "-m", "taskstream.client", *args]
     if url is not None:
         cmd += ["--url", url]
     return subprocess.run(
@@ -50,7 +50,7 @@ class Running:
 
     def __init__(self, *args: str, url: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "taskctl", *args, "--url", url],
+            [sys.executable, "-m", "taskstream.client", *args, "--url", url],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -400,8 +400,8 @@ def test_live_bar_on_a_terminal(service):
     # A pseudo-terminal makes stdout a TTY, as in an interactive shell.
     controller, terminal = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskctl", "submit", "sleep", "seconds=0.4", "steps=4", "-f",
-         "--url", service.url],
+        [sys.executable, "-m", "taskstream.client", "submit", "sleep", "seconds=0.4", "steps=4",
+         "-f", "--url", service.url],
         stdout=terminal, stderr=subprocess.PIPE, env=cli_env(TERM="xterm", COLUMNS="100"),
     )  # fmt: skip
     os.close(terminal)

@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 from httpx_sse import connect_sse
+from taskstream.web.launch import PrivateRedis, wait_until_ready
 
-from service.launch import PrivateRedis, wait_until_ready
 from tests.conftest import TERMINAL, Service, assert_contiguous, poll_until_done, submit
 
 

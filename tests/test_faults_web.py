@@ -10,8 +10,8 @@ import threading
 import time
 
 import httpx
+from taskstream.record import Change
 
-from service.record import Change
 from tests.conftest import (
     accept_directly,
     assert_contiguous,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from taskstream.record import Change
 
-from service.record import Change
 from tests.conftest import accept_directly, direct_recorder, read_stream, submit
 
 HOSTILE = [

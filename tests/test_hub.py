@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.hub import RESYNC, Hub, Subscription
-from service.record import Announcement
+from taskstream.web.hub import RESYNC, Announcement, Hub, Subscription
 
 
 def announcement(seq: int, task_id: str = "t") -> Announcement:

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from openapi_spec_validator import validate
+from taskstream.settings import Settings
+from taskstream.web.app import create_app
+from taskstream.web.models import TaskSnapshot
 
-from service.app import create_app
-from service.config import Settings
-from service.models import TaskSnapshot
 from tests.conftest import TERMINAL, poll_until_done, read_stream, submit
 
 

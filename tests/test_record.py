@@ -7,14 +7,9 @@ import threading
 
 import pytest
 import redis
+from taskstream.keys import Keys
+from taskstream.record import Change, Recorder, Status, split_announcement
 
-from service.record import (
-    Announcement,
-    Change,
-    Keys,
-    Recorder,
-    Status,
-)
 from tests.conftest import accept_directly, new_prefix
 
 
@@ -58,13 +53,13 @@ def test_every_change_is_logged_and_announced_with_its_seq(recorder):
     task_id = create(recorder)
     recorder.record(Change(task_id, {"state": "STARTED"}, {"started_at": "first"}))
     recorder.record(Change(task_id, {"state": "STARTED"}, {"started_at": "second"}))
-    announced = [Announcement.parse(pubsub.get_message(timeout=2)["data"]) for _ in range(3)]
-    assert [a.seq for a in announced] == [1, 2, 3]
-    assert [a.state for a in announced] == ["PENDING", "STARTED", "STARTED"]
+    announced = [split_announcement(pubsub.get_message(timeout=2)["data"]) for _ in range(3)]
+    assert [h.seq for h, _ in announced] == [1, 2, 3]
+    assert [h.state for h, _ in announced] == ["PENDING", "STARTED", "STARTED"]
     logged = recorder.client.xrange(recorder.keys.log(task_id))
     assert [entry_id for entry_id, _ in logged] == ["1-0", "2-0", "3-0"]
-    assert [fields["d"] for _, fields in logged] == [a.data for a in announced]
-    assert json.loads(announced[-1].data)["started_at"] == "first"
+    assert [fields["d"] for _, fields in logged] == [data for _, data in announced]
+    assert json.loads(announced[-1][1])["started_at"] == "first"
     pubsub.close()
 
 
@@ -92,7 +87,7 @@ def test_values_reach_clients_exactly_as_encoded(recorder):
 
 
 def test_non_json_values_are_refused():
-    from service.record import dumps
+    from taskstream.record import dumps
 
     with pytest.raises(ValueError):
         dumps(float("nan"))

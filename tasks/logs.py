@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import UTC, datetime
 
 
@@ -50,15 +49,15 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def configure(level: str | None = None, fmt: str | None = None) -> None:
-    """Send every logger's records through one structured handler on the root logger."""
+def configure(level: str = "INFO", fmt: str = "text") -> None:
+    """Send every logger's records through one structured handler on the root logger.
+
+    `level` and `fmt` come from Settings (LOG_LEVEL, LOG_FORMAT)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        StructuredFormatter((fmt or os.environ.get("LOG_FORMAT", "text")).lower() == "json")
-    )
+    handler.setFormatter(StructuredFormatter(fmt.lower() == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    root.setLevel(level.upper())
     # Hypercorn logs through its own handlers as well; one line per record is enough.
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
-from service import sse
-
-TERMINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+from taskstream.keys import Keys
+from taskstream.states import TaskState, lua_terminal_check
 
 # The snapshot's fields, in the order clients see them.
 SNAPSHOT_FIELDS = (
@@ -35,7 +34,6 @@ SNAPSHOT_FIELDS = (
     "started_at",
     "finished_at",
     "updated_at",
-    "links",
 )
 
 _LUA_SNAPSHOT = (
@@ -68,7 +66,9 @@ if mode == 'create' then
 else
   if not exists then return {0, false} end
   local state = redis.call('HGET', task_key, 'state')
-  if state == '"SUCCESS"' or state == '"FAILURE"' or state == '"REVOKED"' then
+  if """
+    + lua_terminal_check("state")
+    + """ then
     return {3, snapshot(task_key)}
   end
   local retries = tonumber(redis.call('HGET', task_key, 'retries') or '0')
@@ -93,7 +93,7 @@ redis.call('XADD', log_key, 'MAXLEN', '~', retain, seq .. '-0', 'd', data)
 redis.call('EXPIRE', log_key, ttl)
 local g = redis.call('INCR', gseq_key)
 redis.call('XADD', glog_key, 'MAXLEN', '~', gretain, g .. '-0', 'd', data, 'o',
-  redis.call('HGET', task_key, 'owner') or '""')
+  redis.call('HGET', task_key, 'owner') or '""', 't', redis.call('HGET', task_key, 'id'))
 if mode == 'create' then
   local score = tonumber(ARGV[6])
   redis.call('ZADD', recent_key, score, cjson.decode(redis.call('HGET', task_key, 'id')))
@@ -128,35 +128,6 @@ def dumps(value: Any) -> str:
     # One line always: json escapes newlines inside strings, so nothing in a task's output can
     # break the SSE framing. NaN and Infinity are not JSON and are refused.
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Every Redis name the service uses, all under one prefix (channels included)."""
-
-    prefix: str
-
-    def task(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}"
-
-    def log(self, task_id: str) -> str:
-        return f"{self.prefix}:log:{task_id}"
-
-    @property
-    def global_seq(self) -> str:
-        return f"{self.prefix}:gseq"
-
-    @property
-    def global_log(self) -> str:
-        return f"{self.prefix}:glog"
-
-    @property
-    def recent(self) -> str:
-        return f"{self.prefix}:recent"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}:changes"
 
 
 class Status(IntEnum):
@@ -197,39 +168,22 @@ class Outcome:
         return None if self.data is None else json.loads(self.data)
 
 
-class Announcement:
-    """A change as it arrives on pub/sub: parsed once per web process, shared by every stream."""
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What an announcement says before its snapshot, so a subscriber routes it unparsed."""
 
-    __slots__ = ("_frames", "data", "global_seq", "owner", "seq", "state", "task_id")
+    global_seq: int
+    seq: int
+    task_id: str
+    state: str
+    owner: str
 
-    def __init__(self, global_seq: int, seq: int, task_id: str, state: str, owner: str, data: str):
-        self.global_seq = global_seq
-        self.seq = seq
-        self.task_id = task_id
-        self.state = state
-        self.owner = owner
-        self.data = data
-        self._frames: dict[bool, bytes] = {}
 
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def frame(self, by_global_seq: bool = False) -> bytes:
-        """The SSE event, encoded once however many streams send it."""
-        cached = self._frames.get(by_global_seq)
-        if cached is None:
-            event_id = self.global_seq if by_global_seq else self.seq
-            cached = self._frames[by_global_seq] = sse.event(event_id, self.data)
-        return cached
-
-    @classmethod
-    def parse(cls, message: str) -> Announcement:
-        header, data = message.split("\n", 1)
-        g, seq, task_id, state, owner = header.split(" ", 4)
-        return cls(
-            int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner), data
-        )
+def split_announcement(message: str) -> tuple[Header, str]:
+    """An announcement as published by the record script: its header, and the snapshot JSON."""
+    header, data = message.split("\n", 1)
+    g, seq, task_id, state, owner = header.split(" ", 4)
+    return Header(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner)), data
 
 
 def new_task_fields(
@@ -240,10 +194,9 @@ def new_task_fields(
     fields = {
         "id": task_id,
         "task": task,
-        "state": "PENDING",
+        "state": TaskState.PENDING,
         "retries": 0,
         "submitted_at": now,
-        "links": {"self": f"/tasks/{task_id}", "events": f"/tasks/{task_id}/events"},
         "owner": owner,
     }
     fields.update(extra or {})
@@ -336,11 +289,11 @@ class AsyncRecorder(_Base):
         raw = await self.client.xrange(self.keys.log(task_id), min=f"{after + 1}-0")
         return self._entries(raw)
 
-    async def global_changes_after(self, after: int, count: int) -> list[tuple[int, str, str]]:
-        """Changes of every task with global seq > after: (global seq, snapshot, owner)."""
+    async def global_changes_after(self, after: int, count: int) -> list[tuple[int, str, str, str]]:
+        """Changes of every task with global seq > after: (global seq, snapshot, owner, task id)."""
         raw = await self.client.xrange(self.keys.global_log, min=f"{after + 1}-0", count=count)
         return [
-            (seq, data, json.loads(f.get("o") or '""'))
+            (seq, data, json.loads(f.get("o") or '""'), json.loads(f.get("t") or '""'))
             for (seq, data), (_, f) in zip(self._entries(raw), raw, strict=True)
         ]
 

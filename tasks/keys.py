@@ -1,0 +1,62 @@
+"""Every name the service gives a thing in Redis, in one place, all under one prefix.
+
+Pub/sub channels ignore database numbers, so the prefix is what keeps two deployments on one
+Redis apart: it reaches keys, channels and Celery's own names alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def task(self, task_id: str) -> str:
+        """The task's hash: its snapshot fields, each a JSON text."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def log(self, task_id: str) -> str:
+        """The task's change log, a stream whose entry ids are its seqs."""
+        return f"{self.prefix}:log:{task_id}"
+
+    @property
+    def global_seq(self) -> str:
+        return f"{self.prefix}:gseq"
+
+    @property
+    def global_log(self) -> str:
+        """Every change of every task, a stream whose entry ids are global seqs."""
+        return f"{self.prefix}:glog"
+
+    @property
+    def recent(self) -> str:
+        """Task ids by submission time, for listing newest first."""
+        return f"{self.prefix}:recent"
+
+    @property
+    def channel(self) -> str:
+        """Where every recorded change is announced."""
+        return f"{self.prefix}:changes"
+
+    def rate(self, caller: str, window: int) -> str:
+        """One caller's submissions counted in one rate-limit window."""
+        return f"{self.prefix}:rate:{caller}:{window}"
+
+    # Celery's own names, under the same prefix.
+    @property
+    def celery_queue(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def celery_control_exchange(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def celery_event_exchange(self) -> str:
+        return f"{self.prefix}.celeryev"
+
+    @property
+    def celery_key_prefix(self) -> str:
+        return f"{self.prefix}:celery:"

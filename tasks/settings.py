@@ -1,0 +1,152 @@
+"""Configuration from the environment, in one place, for the web process and the worker alike.
+
+Every variable is a field of `Settings`, named as the field in capitals (`redis_url` is
+REDIS_URL). A value that does not parse is an error naming the variable; nothing falls back
+silently to a default.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def redis_tls_options(url: str) -> dict[str, Any] | None:
+    """TLS settings for Celery's broker from a `rediss://` REDIS_URL, verifying by default.
+
+    redis-py reads `ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile` and `ssl_keyfile` from the
+    URL's query itself; kombu does not, and without them it would connect unverified.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = dict(parse_qsl(parts.query))
+    reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    options: dict[str, Any] = {
+        "ssl_cert_reqs": reqs.get(query.get("ssl_cert_reqs", "required").lower(), ssl.CERT_REQUIRED)
+    }
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if query.get(name):
+            options[name] = query[name]
+    return options
+
+
+class SettingsError(ValueError):
+    """The environment does not make a valid configuration; the message names each variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, read from the environment (see `from_env`)."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        # REDIS_URL= (set but empty) means "the default", as a shell user would expect.
+        env_ignore_empty=True,
+        validate_default=True,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    # Where `make run` and the launcher bind the web; with authentication off, keep it loopback.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Prefixes every Redis key, pub/sub channel and Celery queue, so two deployments can share one
+    # Redis (channels ignore database numbers, so a database number alone would not separate them).
+    key_prefix: str = Field("taskstream", pattern=r"^[^:\s]+$")
+    # How long a task and its change log are kept after its latest change.
+    task_ttl_seconds: int = Field(86_400, ge=1)
+    # How many of a task's latest changes are kept for replay (the contract asks for >= 1000).
+    events_retained: int = Field(1_000, ge=1_000)
+    # How many changes across all tasks are kept for resuming `GET /events`.
+    global_events_retained: int = Field(10_000, ge=1)
+    keepalive_seconds: float = Field(15.0, gt=0, le=15)
+    # Quart's cut-off for ordinary responses; streams have none.
+    response_timeout_seconds: float = Field(60.0, gt=0)
+    # What the stream tells EventSource to wait before reconnecting, in milliseconds.
+    sse_retry_ms: int = Field(2_000, ge=0)
+    # Changes buffered in memory per stream before it falls back to reading the stored log.
+    stream_buffer: int = Field(64, ge=1)
+    # A client whose socket takes no data for this long is dropped (0 = never).
+    stream_write_timeout_seconds: float = Field(30.0, ge=0)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    list_limit_max: int = Field(200, ge=1)
+    # Seconds after which an unacknowledged task message is handed to another worker. A task whose
+    # worker died is run again after this long; tasks must finish well within it.
+    visibility_timeout_seconds: int = Field(3_600, ge=1)
+    # Hard and soft limits for one run of a task (0 = none).
+    task_time_limit_seconds: float = Field(0.0, ge=0)
+    task_soft_time_limit_seconds: float = Field(0.0, ge=0)
+    worker_concurrency: int = Field(0, ge=0)
+    expose_tracebacks: bool = False
+    # Security (see docs/security.md). API_TOKENS turns authentication on:
+    # "name:token[:admin],…"; every caller then sees only its own tasks, admins see all.
+    api_tokens: str = ""
+    # Signs session cookies and stream tokens; required when API_TOKENS is set.
+    secret_key: str = ""
+    stream_token_seconds: int = Field(300, ge=1)
+    session_seconds: int = Field(8 * 3600, ge=1)
+    # Origins allowed to call from a browser on another site (comma-separated, exact).
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    # Submissions per caller per window; -1 = the default (600 with authentication, else off).
+    rate_limit_per_minute: int = Field(-1, ge=-1)
+    rate_limit_window_seconds: int = Field(60, ge=1)
+    max_streams_per_caller: int = Field(100, ge=1)
+    max_streams_per_process: int = Field(10_000, ge=1)
+    max_args_bytes: int = Field(16 * 1024, ge=2)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _secret_for_tokens(self) -> Settings:
+        if self.api_tokens and len(self.secret_key) < 16:
+            raise ValueError("API_TOKENS needs SECRET_KEY (16 characters or more) to sign with")
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """The settings from the environment, with `overrides` (field names) taking precedence.
+
+        Raises SettingsError naming each variable that is wrong.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens)
+
+    @property
+    def submissions_per_window(self) -> int:
+        if self.rate_limit_per_minute >= 0:
+            return self.rate_limit_per_minute
+        return 600 if self.auth_enabled else 0
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        name = "_".join(str(part) for part in err["loc"][:1]).upper()
+        given = err.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) and name else ""
+        problems.append(f"{name or 'settings'}: {err['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(problems)
