@@ -6,10 +6,9 @@ import os
 import sys
 import time
 
-from taskstream.web.launch import raise_open_file_limit
-
 from bench import latency, report, streams, throughput
 from bench.stack import Stack
+from taskstream.web.launch import raise_open_file_limit
 
 NOTES = """How each figure is taken:
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 from httpx_sse import connect_sse
+
 from taskstream.web.launch import (
     PrivateRedis,
     free_port,

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import redis
+
 from taskstream.web.launch import (
     PrivateRedis,
     free_port,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quart import Quart, Response, request
+
 from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from quart import Request
+
 from taskstream.settings import Settings
 from taskstream.web.problems import Problem
 

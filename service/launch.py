@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import redis
+
 from taskstream.settings import Settings
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
+
 from taskstream.registry import REGISTRY
 from taskstream.states import TaskState
 from taskstream.web.media import EVENT_STREAM, HTML, PROBLEM_JSON, PROMETHEUS_TEXT

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from quart import Quart, Response, current_app
 from quart_schema import QuartSchema, document_headers, document_querystring, document_request
 from quart_schema.openapi import OpenAPIProvider
+from werkzeug.routing.rules import Rule
+
 from taskstream.web import media
 from taskstream.web import models as m
-from werkzeug.routing.rules import Rule
 
 _REF = "#/components/schemas/{model}"
 _TEXT = {"schema": {"type": "string"}}

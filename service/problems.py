@@ -8,8 +8,9 @@ from typing import Any
 
 from quart import Quart, Response
 from redis.exceptions import RedisError
-from taskstream.web.media import PROBLEM_JSON
 from werkzeug.exceptions import HTTPException
+
+from taskstream.web.media import PROBLEM_JSON
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
+
 from taskstream.record import Change, Status, dumps, new_task_fields, utcnow
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TERMINAL, TaskState

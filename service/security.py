@@ -9,6 +9,7 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 from quart import Quart, Response, g, request
+
 from taskstream.web.auth import LOCAL, Authenticator, Caller
 from taskstream.web.problems import Problem
 

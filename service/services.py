@@ -13,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from celery import Celery
 from quart import current_app
+
 from taskstream.keys import Keys
 from taskstream.record import AsyncRecorder
 from taskstream.settings import Settings

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.exceptions import RedisError
+
 from taskstream.record import AsyncRecorder
 from taskstream.states import TERMINAL
 from taskstream.web import sse

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 from httpx_sse import EventSource, connect_sse
+
 from taskstream.client import __version__
 
 # The service sends a keepalive at least every 15 s, so a stream silent for three of those is dead.

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 from httpx_sse import SSEError
+
 from taskstream.client.client import Api, ServiceError, Unreachable, describe
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})

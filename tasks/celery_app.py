@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 from celery.signals import setup_logging
+
 from taskstream import logs
 from taskstream.settings import Settings, redis_tls_options
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from taskstream.progress import report_progress
 from taskstream.registry import number, submittable
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import current_task
 from celery.exceptions import Ignore
+
 from taskstream.record import Change, Status
 from taskstream.recording import recorder
 from taskstream.states import TaskState

@@ -8,6 +8,7 @@ import redis
 from celery import Celery
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
 from taskstream.keys import Keys
 from taskstream.record import Recorder
 from taskstream.settings import Settings

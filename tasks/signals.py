@@ -21,6 +21,7 @@ from celery.signals import (
     task_revoked,
     task_success,
 )
+
 from taskstream.record import Change, Status, dumps, utcnow
 from taskstream.recording import recorder, settings_of
 from taskstream.registry import REGISTRY

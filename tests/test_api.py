@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+
 from taskstream.settings import Settings
 from taskstream.web.app import create_app
-
-from tests.conftest import new_prefix, poll_until_done, submit
+from tests.harness import new_prefix, poll_until_done, submit
 
 
 def test_list_newest_first_with_filters_and_cursor(make_service):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import submit
+from tests.harness import submit
 
 
 def listed(base: str) -> list[str]:

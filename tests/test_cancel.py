@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.conftest import poll_until_done, read_stream, submit
+from tests.harness import poll_until_done, read_stream, submit
 
 
 def wait_for_state(base: str, task_id: str, state: str, timeout: float = 20) -> dict:

@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from taskstream.web.launch import free_port
 
-from tests.conftest import poll_until_done, submit
+from taskstream.web.launch import free_port
+from tests.harness import poll_until_done, submit
 
 OK, FAILURE, REVOKED, USAGE, UNAVAILABLE = 0, 1, 2, 3, 4
 LINE = re.compile(r"^(?P<state>[A-Z]+)\s+seq=(?P<seq>\d+)\s+(?P<percent>\d+%|-)")

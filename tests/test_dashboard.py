@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Service, submit
+from tests.harness import ROOT, Service, submit
 
 sync_api = pytest.importorskip("playwright.sync_api")
 

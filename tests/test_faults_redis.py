@@ -9,9 +9,9 @@ import time
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from taskstream.web.launch import PrivateRedis, wait_until_ready
 
-from tests.conftest import TERMINAL, Service, assert_contiguous, poll_until_done, submit
+from taskstream.web.launch import PrivateRedis, wait_until_ready
+from tests.harness import TERMINAL, Service, assert_contiguous, poll_until_done, submit
 
 
 @pytest.fixture

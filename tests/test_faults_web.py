@@ -10,9 +10,9 @@ import threading
 import time
 
 import httpx
-from taskstream.record import Change
 
-from tests.conftest import (
+from taskstream.record import Change
+from tests.harness import (
     accept_directly,
     assert_contiguous,
     direct_recorder,

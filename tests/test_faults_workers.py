@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import assert_contiguous, poll_until_done, read_stream, submit
+from tests.harness import assert_contiguous, poll_until_done, read_stream, submit
 
 
 def wait_for(base: str, task_id: str, state: str, timeout: float = 20) -> None:

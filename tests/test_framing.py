@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from taskstream.record import Change
 
-from tests.conftest import accept_directly, direct_recorder, read_stream, submit
+from taskstream.record import Change
+from tests.harness import accept_directly, direct_recorder, read_stream, submit
 
 HOSTILE = [
     'line one\nid: 99\ndata: {"state": "SUCCESS"}\n\nevent: boom\n',

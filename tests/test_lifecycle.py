@@ -6,7 +6,7 @@ import subprocess
 
 import httpx
 
-from tests.conftest import assert_contiguous, poll_until_done, read_stream, submit
+from tests.harness import assert_contiguous, poll_until_done, read_stream, submit
 
 
 def states(events: list[tuple[int, dict]]) -> list[str]:

@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 from openapi_spec_validator import validate
+
 from taskstream.settings import Settings
 from taskstream.web.app import create_app
 from taskstream.web.models import TaskSnapshot
-
-from tests.conftest import TERMINAL, poll_until_done, read_stream, submit
+from tests.harness import TERMINAL, poll_until_done, read_stream, submit
 
 
 @pytest.fixture(scope="module")

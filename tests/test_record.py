@@ -7,10 +7,10 @@ import threading
 
 import pytest
 import redis
+
 from taskstream.keys import Keys
 from taskstream.record import Change, Recorder, Status, split_announcement
-
-from tests.conftest import accept_directly, new_prefix
+from tests.harness import accept_directly, new_prefix
 
 
 @pytest.fixture

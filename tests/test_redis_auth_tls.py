@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from taskstream.web.launch import PrivateRedis, free_port, web_command
 
-from tests.conftest import Proc, Service, read_stream, submit
+from taskstream.web.launch import PrivateRedis, free_port, web_command
+from tests.harness import Proc, Service, read_stream, submit
 
 PASSWORD = "s3cret-redis-pw"
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.conftest import Service
+from tests.harness import Service
 
 TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "ops": "ops-admin-333",
           "flood": "flood-token-4444"}  # fmt: skip

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import TERMINAL, assert_contiguous, poll_until_done, read_stream, submit
+from tests.harness import TERMINAL, assert_contiguous, poll_until_done, read_stream, submit
 
 
 def test_first_event_is_the_current_snapshot(service):

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.conftest import assert_contiguous, poll_until_done, read_stream, submit
+from tests.harness import assert_contiguous, poll_until_done, read_stream, submit
 
 
 def test_sigkilled_worker_task_runs_again_and_the_stream_shows_it(make_service):

@@ -1,0 +1,250 @@
+"""The harness for real processes: a Redis server, Celery workers and Hypercorn web processes,
+and the helpers tests use to talk to them. Fixtures live in conftest.py; everything else here.
+
+Redis: the one at REDIS_URL when it is set and answers, else a private redis-server. Every
+deployment uses a key prefix of its own, so its keys, queues and pub/sub channels never meet
+anyone else's on a shared server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from taskstream.keys import Keys
+from taskstream.record import Change, Recorder, Status, new_task_fields, utcnow
+from taskstream.web.launch import (
+    free_port,
+    wait_until_ready,
+    web_command,
+    worker_command,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+
+
+def new_prefix() -> str:
+    return f"test{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Proc:
+    """One child process of the service, with its output kept in a log file for failures."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log_dir: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")
+        # A session of its own, so a kill reaches the whole process group (pool children too).
+        self.popen = subprocess.Popen(
+            self.cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def signal_group(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Service:
+    """A deployment under test: its environment, web processes and workers."""
+
+    redis_url: str
+    log_dir: Path
+    prefix: str = field(default_factory=new_prefix)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    webs: list[Proc] = field(default_factory=list)
+    workers: list[Proc] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            REDIS_URL=self.redis_url,
+            KEY_PREFIX=self.prefix,
+            PYTHONUNBUFFERED="1",
+            LOG_LEVEL="INFO",
+        )
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def url_of(self, index: int) -> str:
+        return f"http://127.0.0.1:{self.ports[index]}"
+
+    def start_worker(self, concurrency: int = 4, name: str | None = None) -> Proc:
+        name = name or f"worker{len(self.workers)}"
+        hostname = f"{name}-{self.prefix}@%h"
+        proc = Proc(name, worker_command(concurrency, hostname), self.env, self.log_dir).start()
+        self.workers.append(proc)
+        wait_for_worker(proc)
+        return proc
+
+    def start_web(self, port: int | None = None) -> Proc:
+        port = port or free_port()
+        index = len(self.webs)
+        proc = Proc(f"web{index}", web_command("127.0.0.1", port), self.env, self.log_dir)
+        proc.start()
+        self.webs.append(proc)
+        self.ports.append(port)
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        return proc
+
+    def restart_web(self, index: int = 0) -> Proc:
+        """Stop web process `index` and start a new one on the same port."""
+        self.webs[index].stop()
+        proc = Proc(
+            f"web{index}-{int(time.time() * 1000)}",
+            web_command("127.0.0.1", self.ports[index]),
+            self.env,
+            self.log_dir,
+        ).start()
+        self.webs[index] = proc
+        wait_ready(self.url_of(index), proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.webs + self.workers:
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.webs + self.workers)
+
+
+def wait_ready(url: str, proc: Proc, timeout: float = 30) -> None:
+    if not wait_until_ready(url, timeout, alive=lambda: proc.popen.poll() is None):
+        raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
+
+
+def wait_for_worker(proc: Proc, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
+        if " ready." in proc.tail(200):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
+
+
+def submit(base: str, task: str, **kwargs: object) -> dict:
+    response = httpx.post(f"{base}/tasks", json={"task": task, "kwargs": kwargs}, timeout=10)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def poll_until_done(base: str, task_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = httpx.get(f"{base}/tasks/{task_id}", timeout=5).json()
+        if snap["state"] in TERMINAL:
+            return snap
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} not done in {timeout}s: {snap}")
+
+
+def read_stream(
+    base: str,
+    task_id: str,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    timeout: float = 60,
+    max_events: int | None = None,
+) -> list[tuple[int, dict]]:
+    """Read a task's stream with httpx-sse, an SSE parser independent of the server's code."""
+    from httpx_sse import connect_sse
+
+    events: list[tuple[int, dict]] = []
+    with (
+        httpx.Client(timeout=httpx.Timeout(timeout, connect=5)) as client,
+        connect_sse(
+            client, "GET", f"{base}/tasks/{task_id}/events{query}", headers=dict(headers or {})
+        ) as source,
+    ):
+        source.response.raise_for_status()
+        for sse in source.iter_sse():
+            if not sse.data:  # the `retry:` block: a browser dispatches no event for it
+                continue
+            events.append((int(sse.id), json.loads(sse.data)))
+            if max_events is not None and len(events) >= max_events:
+                break
+    return events
+
+
+def assert_contiguous(ids: list[int], first: int | None = None) -> None:
+    assert ids, "no events"
+    if first is not None:
+        assert ids[0] == first, ids
+    assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+
+
+def direct_recorder(svc: Service) -> Recorder:
+    """The deployment's record, written to directly as a worker would (close its `.client`)."""
+    client = redis.Redis.from_url(svc.redis_url, decode_responses=True)
+    return Recorder(client, Keys(svc.prefix), ttl=600, retain=1000, global_retain=10000)
+
+
+def accept_directly(recorder: Recorder, task: str = "sleep") -> str:
+    """Record a task as accepted (PENDING), as POST /tasks does, without queueing it."""
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    outcome = recorder.record(
+        Change(task_id, new_task_fields(task_id, task, now), create=True, score=time.time(), at=now)
+    )
+    assert outcome.status is Status.RECORDED
+    return task_id
+
+
+def python() -> str:
+    return sys.executable
