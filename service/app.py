@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     security.install(app, svc.auth, settings.cors_origins)
     app.register_blueprint(bp)
     openapi.install(app)
+    rules = list(app.url_map.iter_rules())
+    svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})
 
     app.asgi_app = WriteTimeout(  # type: ignore[method-assign]
         app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
@@ -41,7 +43,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
 
     @app.after_request
     async def _count(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        rule = request.url_rule.rule if request.url_rule else None
         svc.metrics.request(rule, request.method, response.status_code)
         return response
 

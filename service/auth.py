@@ -61,6 +61,21 @@ class Authenticator:
                 raise ValueError("API_TOKENS entries are name:token[:admin], tokens of 8+ chars")
             admin = len(parts) == 3 and parts[2] == "admin"
             self._tokens[_digest(parts[1])] = Caller(parts[0], admin)
+        self._metrics = _digest(settings.metrics_token) if settings.metrics_token else None
+
+    def check_metrics_reader(self, request: Request) -> None:
+        """Let the scraper's METRICS_TOKEN or an admin through to /metrics; else 401 or 403."""
+        token = _bearer(request)
+        if self._metrics is not None and token is not None:
+            if hmac.compare_digest(_digest(token), self._metrics):
+                return
+        if not self.enabled:
+            if self._metrics is None:
+                return  # nothing to protect it with: open, as every route is
+            raise _unauthorized("Send `Authorization: Bearer <METRICS_TOKEN>`.")
+        if not self.caller(request).admin:
+            raise Problem(403, "Forbidden", "Metrics are for admins and the metrics token.",
+                          kind="forbidden")  # fmt: skip
 
     def _sign(self, claims: dict[str, object]) -> str:
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -113,6 +128,11 @@ class Authenticator:
                 raise _unauthorized("The session has expired; sign in again.")
             return Caller(str(claims["n"]), bool(claims["a"]))
         raise _unauthorized("Send `Authorization: Bearer <token>`.")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+# The label for any route or method outside the app's own: whatever an outsider sends (any path,
+# a 2 KB method name) lands in one series instead of adding one.
+OTHER = "other"
+
+
 @dataclass
 class Metrics:
     dropped_clients: int = 0
@@ -21,12 +26,22 @@ class Metrics:
     cancelled: int = 0
     # (route pattern, method, status class) -> count
     requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # The closed label sets: the app's route rules and the methods they serve (see `label_sets`).
+    routes: frozenset[str] = frozenset()
+    methods: frozenset[str] = frozenset()
+
+    def label_sets(self, routes: set[str], methods: set[str]) -> None:
+        self.routes = frozenset(routes)
+        self.methods = frozenset(methods)
 
     def dropped_client(self) -> None:
         self.dropped_clients += 1
 
-    def request(self, route: str, method: str, status: int) -> None:
-        self.requests[(route, method, f"{status // 100}xx")] += 1
+    def request(self, route: str | None, method: str, status: int) -> None:
+        route = route if route in self.routes else OTHER
+        method = method if method in self.methods else OTHER
+        status_class = f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+        self.requests[(route, method, status_class)] += 1
 
     def render(self, hub: Hub) -> str:
         lines: list[str] = []

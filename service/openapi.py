@@ -174,7 +174,14 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "tasks.metrics": Operation(
         "This process's metrics",
-        {200: Answer(m.MetricsText, "Open streams, changes, drops, reconnects, requests.")},
+        {
+            200: Answer(m.MetricsText, "Open streams, changes, drops, reconnects, requests."),
+            403: _problem(
+                "Authentication is on and the caller is neither an admin nor the metrics token."
+            ),
+        },
+        description="With authentication on, for admins and for `METRICS_TOKEN` (a bearer token "
+        "for scrapers, which opens nothing else); with it off, open unless `METRICS_TOKEN` is set.",
         tags=("operations",),
     ),
     "tasks.dashboard": Operation(

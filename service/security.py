@@ -86,6 +86,9 @@ def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> N
                           kind="origin-not-allowed")  # fmt: skip
         if request.endpoint in PUBLIC or request.endpoint is None:
             return None
+        if request.endpoint == "tasks.metrics":
+            auth.check_metrics_reader(request)
+            return None
         task_id = (request.view_args or {}).get("task_id")
         stream = request.endpoint == "tasks.task_events"
         g.caller = auth.caller(request, task_id if stream else None)

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     max_streams_per_caller: int = Field(100, ge=1)
     max_streams_per_process: int = Field(10_000, ge=1)
     max_args_bytes: int = Field(16 * 1024, ge=2)
+    # A bearer token for Prometheus scrapers: it reads GET /metrics and nothing else. With
+    # authentication on admins read it too; with it off and no METRICS_TOKEN, it is open.
+    metrics_token: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -1,0 +1,74 @@
+"""Holes found by attacking the running service (issue 10): what an outsider sends must not grow
+the process, reach the logs raw, or get more than it should."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import httpx
+
+from tests.harness import Service
+
+ADMIN = "ops-" + "a" * 40
+ALICE = "alice-" + "b" * 40
+SCRAPER = "scrape-" + "c" * 40
+SECURE_ENV = {
+    "API_TOKENS": f"alice:{ALICE},ops:{ADMIN}:admin",
+    "SECRET_KEY": "k" * 40,
+}
+
+
+def _series(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_metrics_labels_come_from_a_closed_set(service: Service):
+    def junk_method() -> str:
+        return "".join(random.choices(string.ascii_uppercase, k=2048))
+
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        # One of each first, so the catch-all series exist before the count is taken.
+        client.request(junk_method(), f"/no-such-{random.random()}")
+        client.request(junk_method(), "/tasks")
+        client.get("/metrics")
+        before = client.get("/metrics").text
+        for i in range(200):
+            client.request(junk_method(), f"/unknown/{i}/{random.random()}")
+        client.request(junk_method(), "/tasks")
+        after = client.get("/metrics").text
+    assert len(_series(after)) == len(_series(before))
+    # Only the counts changed (a digit or two per series), not the label sets.
+    assert len(after) - len(before) < 64, len(after) - len(before)
+    assert "AAAAAAAA" not in after and "/unknown/" not in after
+    assert 'route="other",method="other",status="4xx"' in after
+
+
+def test_metrics_are_for_admins_and_the_scrapers_token(make_service):
+    svc = make_service(**SECURE_ENV, METRICS_TOKEN=SCRAPER)
+    svc.start_web()
+    url = f"{svc.url}/metrics"
+
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=bearer("x" * 40)).status_code == 401
+    refused = httpx.get(url, headers=bearer(ALICE))
+    assert refused.status_code == 403
+    assert refused.json()["type"] == "/problems/forbidden"
+    for token in (ADMIN, SCRAPER):
+        answer = httpx.get(url, headers=bearer(token))
+        assert answer.status_code == 200
+        assert "taskstream_open_streams" in answer.text
+    # The scraper's token opens nothing else.
+    assert httpx.get(f"{svc.url}/tasks", headers=bearer(SCRAPER)).status_code == 401
+
+
+def test_with_authentication_off_a_metrics_token_still_guards_metrics(make_service):
+    svc = make_service(METRICS_TOKEN=SCRAPER)
+    svc.start_web()
+    assert httpx.get(f"{svc.url}/metrics").status_code == 401
+    answer = httpx.get(f"{svc.url}/metrics", headers={"Authorization": f"Bearer {SCRAPER}"})
+    assert answer.status_code == 200
+    assert httpx.get(f"{svc.url}/tasks").status_code == 200
