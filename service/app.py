@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Quart, Response, request
 
-from taskstream.celery_app import create_celery
+from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         RESPONSE_TIMEOUT=settings.response_timeout_seconds,
         JSON_SORT_KEYS=False,
     )
-    svc = Services(settings=settings, celery=create_celery(settings))
+    svc = Services(settings=settings, celery=load_celery(settings))
     svc.auth = Authenticator(settings)
     svc.slots = StreamSlots(settings.max_streams_per_caller, settings.max_streams_per_process)
     app.extensions["taskstream"] = svc

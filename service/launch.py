@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import redis
@@ -138,13 +137,16 @@ class PrivateRedis:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def worker_command(concurrency: int | None = None, hostname: str | None = None) -> list[str]:
+def worker_command(
+    concurrency: int | None = None, hostname: str | None = None, app: str = ""
+) -> list[str]:
+    """The worker of `app` (CELERY_APP, "module:attribute"), taskstream's own when empty."""
     cmd = [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "taskstream.worker",
+        app or "taskstream.worker",
         "worker",
         "--loglevel",
         "INFO",
@@ -192,10 +194,11 @@ def main() -> int:
               f"redis-server at {private.url}", flush=True)  # fmt: skip
     raise_open_file_limit()
     host = settings.host
-    root = str(Path(__file__).resolve().parent.parent)
+    # Both start in the current directory, the project's own, so CELERY_APP and TASK_MODULES
+    # import from it (`python -m` puts it first on the path).
     children = [
-        subprocess.Popen(worker_command(), env=env, cwd=root),
-        subprocess.Popen(web_command(host, settings.port), env=env, cwd=root),
+        subprocess.Popen(worker_command(app=settings.celery_app), env=env),
+        subprocess.Popen(web_command(host, settings.port), env=env),
     ]
     url = f"http://{host}:{settings.port}"
     if wait_until_ready(url, 60, alive=lambda: all(c.poll() is None for c in children)):
@@ -214,7 +217,8 @@ def main() -> int:
         while not stopping:
             for child in children:
                 if child.poll() is not None:
-                    print(f"{child.args[3]} exited with {child.returncode}", flush=True)
+                    name = "the worker" if child is children[0] else "the web"
+                    print(f"{name} exited with {child.returncode}", flush=True)
                     code = child.returncode or 1
                     stopping = True
             time.sleep(0.2)

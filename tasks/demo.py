@@ -1,4 +1,7 @@
-"""The demonstration tasks the contract names: add, sleep, fail, flaky."""
+"""The demonstration tasks the contract names: add, sleep, fail, flaky.
+
+Imported (by the web and, through Celery's `imports`, the worker) unless DEMO_TASKS=false.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +40,17 @@ class FlakyError(Exception):
     """The failure flaky raises on purpose before it succeeds."""
 
 
-@submittable(AddArguments, "Returns x + y.")
+@submittable(AddArguments, "Returns x + y.", name="add", bind=True)
 def add(self: Any, x: float, y: float) -> float:
     return x + y
 
 
-@submittable(SleepArguments, "Sleeps in `steps` equal parts, reporting progress after each.")
+@submittable(
+    SleepArguments,
+    "Sleeps in `steps` equal parts, reporting progress after each.",
+    name="sleep",
+    bind=True,
+)
 def sleep(self: Any, seconds: float, steps: int = 10) -> dict[str, float]:
     for step in range(1, steps + 1):
         time.sleep(seconds / steps)
@@ -50,12 +58,17 @@ def sleep(self: Any, seconds: float, steps: int = 10) -> dict[str, float]:
     return {"slept": seconds}
 
 
-@submittable(FailArguments, "Raises RuntimeError with the given message.")
+@submittable(FailArguments, "Raises RuntimeError with the given message.", name="fail", bind=True)
 def fail(self: Any, message: str) -> None:
     raise RuntimeError(message)
 
 
-@submittable(FlakyArguments, "Fails and is retried `failures` times, then returns 'ok'.")
+@submittable(
+    FlakyArguments,
+    "Fails and is retried `failures` times, then returns 'ok'.",
+    name="flaky",
+    bind=True,
+)
 def flaky(self: Any, failures: int) -> str:
     if self.request.retries < failures:
         attempt = self.request.retries + 1

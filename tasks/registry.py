@@ -1,18 +1,30 @@
 """The tasks clients may submit, each with a pydantic model of its arguments.
 
-Only what is registered here can be enqueued through the API: Celery's built-in tasks and anything
-else a worker happens to know are not reachable by name.
+Submission over HTTP is opt-in per task: only what is registered here (by `@submittable`, or by
+name in SUBMITTABLE_TASKS) can be enqueued through the API. Every task the app runs is followable
+whether it is here or not; Celery's built-in tasks are never reachable by name.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from celery import shared_task
-from pydantic import BaseModel, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -80,20 +92,136 @@ def number(ge: float | None = None, le: float | None = None) -> Any:
 
 
 def submittable(
-    arguments: type[BaseModel], description: str, **celery_options: Any
-) -> Callable[[Callable[..., Any]], Any]:
-    """Register a function as a Celery task that clients may submit with `arguments`."""
+    arguments: type[BaseModel] | Callable[..., Any] | None = None,
+    description: str | None = None,
+    **celery_options: Any,
+) -> Any:
+    """Make a function a Celery task that clients may submit over HTTP.
+
+    Three forms: `@submittable` (the arguments' schema derived from the signature and type
+    hints), `@submittable(description=..., name=..., **celery_options)`, and
+    `@submittable(ArgumentsModel, "description", **celery_options)` with a pydantic model that
+    validates and documents the arguments. Celery options go to `shared_task` (`bind`, `name`,
+    `base`, ...); the task's name is Celery's usual one unless `name` is given.
+    """
     from taskstream.tracked import TrackedTask
 
+    if _is_task(arguments):
+        raise TypeError(_ALREADY_A_TASK)
+    if callable(arguments) and not isinstance(arguments, type):
+        # Bare `@submittable` over the function itself.
+        return submittable(None, description, **celery_options)(arguments)
+    if isinstance(arguments, type) and not issubclass(arguments, BaseModel):
+        raise TypeError("submittable() takes a pydantic model of the arguments, or nothing")
+
     def register(fn: Callable[..., Any]) -> Any:
-        name = fn.__name__
+        if _is_task(fn):
+            raise TypeError(_ALREADY_A_TASK)
+        options = {"base": TrackedTask, **celery_options}
+        name = options.setdefault("name", f"{fn.__module__}.{fn.__name__}")
         if name in REGISTRY:
             raise ValueError(f"task {name!r} registered twice")
-        task = shared_task(name=name, bind=True, base=TrackedTask, **celery_options)(fn)
-        REGISTRY[name] = TaskType(name, description, arguments)
+        model = arguments or arguments_model(fn, bound=options.get("bind", False), name=name)
+        task = shared_task(**options)(fn)
+        REGISTRY[name] = TaskType(name, description or _summary(fn), model)
         return task
 
     return register
+
+
+_ALREADY_A_TASK = (
+    "put @submittable in place of @shared_task/@app.task (it makes the task), or name an "
+    "existing task in SUBMITTABLE_TASKS"
+)
+
+
+def register_named(app: Any, names: tuple[str, ...]) -> None:
+    """Make the app's tasks called `names` submittable, their arguments derived from each
+    function's signature (SUBMITTABLE_TASKS). Raises LookupError for a name the app lacks."""
+    builtin = [name for name in names if name.startswith("celery.")]
+    if builtin:
+        raise LookupError(f"Celery's own tasks are not submittable: {', '.join(builtin)}")
+    missing = [name for name in names if name not in app.tasks]
+    if missing:
+        known = sorted(n for n in app.tasks if not n.startswith("celery."))
+        raise LookupError(f"no task named {', '.join(missing)}; the app knows {', '.join(known)}")
+    for name in names:
+        if name in REGISTRY:
+            continue
+        task = app.tasks[name]
+        # `run` is the function as the caller sees it: bound for bind=True, so no `self`.
+        REGISTRY[name] = TaskType(name, _summary(task.run), arguments_model(task.run, name=name))
+
+
+def arguments_model(fn: Callable[..., Any], bound: bool = False, name: str = "") -> type[BaseModel]:
+    """A pydantic model of the function's arguments from its signature and type hints.
+
+    A parameter without a hint takes any JSON value; a hint pydantic cannot build a schema for
+    is treated the same way. `**kwargs` admits other names; `*args` is not submittable.
+    """
+    signature = inspect.signature(fn)
+    hints = _hints(getattr(fn, "__func__", fn))
+    params = list(signature.parameters.values())
+    if bound and params:
+        params = params[1:]
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for param in params:
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+            continue
+        hint = _jsonable(hints.get(param.name, Any))
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hint, default)
+    title = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", name or fn.__name__))
+    return create_model(
+        f"{title}Arguments",
+        __config__=ConfigDict(extra=extra, title=f"{name or fn.__name__} arguments"),
+        **fields,
+    )
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The function's type hints; one that does not resolve here (a name only the function's
+    own scope knew) counts as no hint, without losing the others."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, hint in getattr(fn, "__annotations__", {}).items():
+        try:
+            hints[name] = eval(hint, namespace) if isinstance(hint, str) else hint
+        except Exception:
+            hints[name] = Any
+    return hints
+
+
+def _jsonable(hint: Any) -> Any:
+    """The hint if pydantic can validate and describe it, else Any."""
+    try:
+        adapter = TypeAdapter(hint)
+        adapter.json_schema()
+    except Exception:
+        return Any
+    return hint
+
+
+def _summary(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
+
+
+def _is_task(obj: Any) -> bool:
+    from celery import Task
+    from celery.local import Proxy
+
+    # A Proxy is what shared_task and app.task return before the app is finalized; test its real
+    # type first, since isinstance() on it would evaluate it (and finalize the app).
+    return issubclass(type(obj), Proxy) or isinstance(obj, Task)
 
 
 def bind_arguments(task_type: TaskType, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

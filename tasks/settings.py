@@ -7,6 +7,7 @@ silently to a default.
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -51,6 +52,20 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://localhost:6379/0"
+    # Celery's broker when it is not REDIS_URL (e.g. amqp://…): the record and its pub/sub stay on
+    # REDIS_URL whatever carries the task messages.
+    celery_broker_url: str = ""
+    # The Celery app the web and the worker use, "module:attribute" or "module" as for
+    # `celery -A`, imported from the current directory; empty = taskstream's own.
+    celery_app: str = Field("", pattern=r"^([A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?)?$")
+    # Modules imported by the web and the worker at start, so the tasks they define are known
+    # by name (the web needs them for submission; the worker to run them).
+    task_modules: Annotated[tuple[str, ...], NoDecode] = ()
+    # Tasks defined elsewhere that clients may submit, their arguments derived from the
+    # function's signature and type hints (@submittable is the in-code way).
+    submittable_tasks: Annotated[tuple[str, ...], NoDecode] = ()
+    # The demonstration tasks (add, sleep, fail, flaky); false leaves them out.
+    demo_tasks: bool = True
     # Where `make run` and the launcher bind the web; with authentication off, keep it loopback.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -115,6 +130,21 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("task_modules", "submittable_tasks", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("task_modules")
+    @classmethod
+    def _dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                raise ValueError(f"{name!r} is not a dotted name")
         return value
 
     @model_validator(mode="after")

@@ -47,6 +47,8 @@ class Proc:
     env: dict[str, str]
     log_dir: Path
     popen: subprocess.Popen[bytes] | None = None
+    # The directory it starts in: a Celery project's own, for tests of one.
+    cwd: Path = ROOT
 
     @property
     def log_path(self) -> Path:
@@ -56,7 +58,7 @@ class Proc:
         log = open(self.log_path, "ab")
         # A session of its own, so a kill reaches the whole process group (pool children too).
         self.popen = subprocess.Popen(
-            self.cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.cmd, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         return self
@@ -103,6 +105,8 @@ class Service:
     webs: list[Proc] = field(default_factory=list)
     workers: list[Proc] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)
+    # Where its processes start; with CELERY_APP in extra_env, the worker runs that app.
+    cwd: Path = ROOT
 
     @property
     def env(self) -> dict[str, str]:
@@ -126,7 +130,8 @@ class Service:
     def start_worker(self, concurrency: int = 4, name: str | None = None) -> Proc:
         name = name or f"worker{len(self.workers)}"
         hostname = f"{name}-{self.prefix}@%h"
-        proc = Proc(name, worker_command(concurrency, hostname), self.env, self.log_dir).start()
+        cmd = worker_command(concurrency, hostname, app=self.env.get("CELERY_APP", ""))
+        proc = Proc(name, cmd, self.env, self.log_dir, cwd=self.cwd).start()
         self.workers.append(proc)
         wait_for_worker(proc)
         return proc
@@ -134,7 +139,9 @@ class Service:
     def start_web(self, port: int | None = None) -> Proc:
         port = port or free_port()
         index = len(self.webs)
-        proc = Proc(f"web{index}", web_command("127.0.0.1", port), self.env, self.log_dir)
+        proc = Proc(
+            f"web{index}", web_command("127.0.0.1", port), self.env, self.log_dir, cwd=self.cwd
+        )
         proc.start()
         self.webs.append(proc)
         self.ports.append(port)
@@ -149,6 +156,7 @@ class Service:
             web_command("127.0.0.1", self.ports[index]),
             self.env,
             self.log_dir,
+            cwd=self.cwd,
         ).start()
         self.webs[index] = proc
         wait_ready(self.url_of(index), proc)
