@@ -8,6 +8,7 @@ whether it is here or not; Celery's built-in tasks are never reachable by name.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
 import typing
@@ -178,7 +179,9 @@ def arguments_model(fn: Callable[..., Any], bound: bool = False, name: str = "")
     title = "".join(part.title() for part in re.split(r"[^A-Za-z0-9]+", name or fn.__name__))
     return create_model(
         f"{title}Arguments",
-        __config__=ConfigDict(extra=extra, title=f"{name or fn.__name__} arguments"),
+        __config__=ConfigDict(
+            extra=extra, allow_inf_nan=False, title=f"{name or fn.__name__} arguments"
+        ),
         **fields,
     )
 
@@ -256,6 +259,15 @@ def bind_arguments(task_type: TaskType, args: list[Any], kwargs: dict[str, Any])
             loc = ".".join(str(part) for part in err["loc"]) or "kwargs"
             errors.append(FieldError(loc, err["msg"], err["type"]))
         raise ArgumentsInvalid(errors) from None
+    if errors:
+        raise ArgumentsInvalid(errors)
+    for name, value in model.model_dump().items():
+        # A field that takes any value takes NaN and Infinity too, which the body's parser
+        # admits but JSON (and so the task's message) does not; JSON mode would make them null.
+        try:
+            json.dumps(value, allow_nan=False, default=str)
+        except ValueError:
+            errors.append(FieldError(name, "NaN and Infinity are not JSON", "json_invalid"))
     if errors:
         raise ArgumentsInvalid(errors)
     return model.model_dump(mode="json")

@@ -193,3 +193,19 @@ def test_the_procfile_worker_runs_celery_app_from_the_project_directory():
         line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("worker:")
     )
     assert "celery -A ${CELERY_APP:-taskstream.worker} worker" in line
+
+
+def test_nan_and_infinity_are_refused_by_name_whatever_the_hint(registry):
+    @submittable
+    def measure(ratio: float, anything=None) -> None:
+        pass
+
+    measure_type = registry[f"{__name__}.measure"]
+    for kwargs, field in (
+        ({"ratio": float("nan")}, "ratio"),
+        ({"ratio": 1.5, "anything": [float("inf")]}, "anything"),
+    ):
+        with pytest.raises(ArgumentsInvalid) as bad:
+            bind_arguments(measure_type, [], kwargs)
+        assert [e.field for e in bad.value.errors] == [field]
+    assert bind_arguments(measure_type, [2], {}) == {"ratio": 2, "anything": None}
