@@ -2,18 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# One stamp per extra: `make run` installs the runtime only, `make test` adds the test tools.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
-.PHONY: run test lint format bench soak system-deps clean
+.PHONY: run test lint typecheck format bench soak system-deps clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TESTING): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $@ $(RUNTIME)
 
 ## run: set up, then start Redis (if none answers at REDIS_URL), a worker and the web on $PORT
-run: $(STAMP)
+run: $(RUNTIME)
 	$(PY) -m taskstream.web.launch
 
 SUDO := $(if $(filter root,$(shell whoami)),,sudo)
@@ -33,26 +41,36 @@ system-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## test: set up, then run every test against real Redis, Celery, Hypercorn and Chromium
-test: $(STAMP) system-deps
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+## test: set up, lint, then run every test against real Redis, Celery, Hypercorn and Chromium
+test: lint system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+## lint: ruff (style and mistakes) and mypy (types), both clean
+lint: $(TESTING) typecheck
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-format: $(STAMP)
+# The folders install under other names (tasks/ as taskstream, service/ as taskstream.web,
+# taskctl/ as taskstream.client), which mypy cannot follow: it reads a tree of links named as
+# installed.
+TYPES := $(VENV)/typecheck
+typecheck: $(TESTING)
+	rm -rf $(TYPES) && mkdir -p $(TYPES)/taskstream
+	ln -s $(CURDIR)/tasks/*.py $(CURDIR)/tasks/py.typed $(TYPES)/taskstream/
+	ln -s $(CURDIR)/service $(TYPES)/taskstream/web
+	ln -s $(CURDIR)/taskctl $(TYPES)/taskstream/client
+	MYPYPATH=$(TYPES) $(PY) -m mypy -p taskstream
+
+format: $(TESTING)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
 ## bench: the performance figures quoted in the README
-bench: $(STAMP)
+bench: $(TESTING)
 	$(PY) -m bench
 
 ## soak: many tasks with faults injected at random (not part of `make test`)
-soak: $(STAMP)
+soak: $(TESTING)
 	$(PY) -m bench.soak
 
 clean:

@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     rules = list(app.url_map.iter_rules())
     svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})
 
-    app.asgi_app = WriteTimeout(  # type: ignore[method-assign]
+    app.asgi_app = WriteTimeout(  # type: ignore[method-assign, assignment]
         app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
     )
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from taskstream.record import AsyncRecorder
 from taskstream.states import TERMINAL
 from taskstream.web import sse
-from taskstream.web.hub import CLOSE, RESYNC, Announcement, Subscription
+from taskstream.web.hub import CLOSE, Announcement, Subscription
 from taskstream.web.snapshots import linked
 
 # How many changes one read of the global log fetches while catching up.
@@ -126,7 +126,7 @@ async def task_stream(
             continue
         if item is CLOSE:
             return
-        if item is RESYNC or item.seq > sent + 1:
+        if not isinstance(item, Announcement) or item.seq > sent + 1:
             caught = await _patiently(_catch_up, record, task_id, sent, False, root)
             for frame in caught.frames:
                 yield frame
@@ -197,7 +197,7 @@ async def global_stream(
                 continue
             if item is CLOSE:
                 return
-            if item is RESYNC or item.global_seq > seen + 1:
+            if not isinstance(item, Announcement) or item.global_seq > seen + 1:
                 break
             assert isinstance(item, Announcement)
             if item.global_seq <= seen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,7 +135,7 @@ class Api:
             params.append(("cursor", cursor))
         return self._call("GET", "/tasks", params=params).json()
 
-    def types(self) -> list[dict[str, Any]]:
+    def types(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         return self._call("GET", "/task-types").json()
 
     @contextmanager
