@@ -1,7 +1,8 @@
 """The shapes that cross the HTTP boundary, as pydantic models.
 
-The routes validate with them where they validate (`SubmitBody`), and the OpenAPI document
-(service/openapi.py) is generated from them, so the document cannot drift from what is checked.
+The routes validate with them (`SubmitBody`, and the query and header models through
+quart-schema's decorators), and the OpenAPI document (service/openapi.py) is generated from them,
+so the document cannot drift from what is checked.
 The snapshot itself is written by the record's Lua script; `TaskSnapshot` describes it, and the
 tests check real answers against the document.
 """
@@ -9,10 +10,12 @@ tests check real answers against the document.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
@@ -21,11 +24,14 @@ from pydantic import (
     create_model,
 )
 from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError
 from pydantic_core import core_schema as cs
+from quart import current_app
 
 from taskstream.registry import REGISTRY
 from taskstream.states import TaskState
 from taskstream.web.media import EVENT_STREAM, HTML, PROBLEM_JSON, PROMETHEUS_TEXT
+from taskstream.web.problems import Invalid
 
 State = TaskState
 
@@ -172,7 +178,7 @@ def _submissions() -> list[type[BaseModel]]:
             f"Submit{name.title().replace('_', '')}",
             __config__=ConfigDict(strict=True, extra="forbid", title=f"Submit {name}"),
             __doc__=f"Submit `{name}`: {task_type.description}",
-            task=(Literal[name], ...),  # type: ignore[valid-type]
+            task=(Literal[name], ...),  # type: ignore[arg-type]
             args=(list[Any], Field(default_factory=list, description="Positional arguments.")),
             kwargs=(task_type.arguments, Field(None, description="Keyword arguments.")),
         )
@@ -180,43 +186,100 @@ def _submissions() -> list[type[BaseModel]]:
     return models
 
 
+# Query and header parameters: the routes are decorated with these (quart-schema's
+# validate_querystring and validate_headers), so each both validates and documents; a parameter
+# that does not fit is answered with the model's `invalid` problem (service/problems.py).
+
+
+def _blank_is_absent(value: Any) -> Any:
+    # EventSource sends no Last-Event-ID on a first connection; a blank value means the same.
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+EventId = Annotated[
+    Annotated[int, Field(ge=0, le=MAX_EVENT_ID)] | None, BeforeValidator(_blank_is_absent)
+]
+_BAD_EVENT_ID = f"must be an integer from 0 to {MAX_EVENT_ID}"
+
+
 class StreamQuery(BaseModel):
-    last_event_id: int = Field(
+    invalid: ClassVar[Invalid] = Invalid(
+        400, "Bad event id", f"last_event_id {_BAD_EVENT_ID}.", "bad-event-id"
+    )
+
+    last_event_id: EventId = Field(
         None,
-        ge=0,
-        le=MAX_EVENT_ID,
         description="Resume after this seq (0 replays all that is retained). For a first "
         "connection, which a browser cannot give headers; the `Last-Event-ID` header wins.",
     )
 
 
 class StreamHeaders(BaseModel):
-    last_event_id: str = Field(
+    # quart-schema passes headers by field name; the alias is the header's real name.
+    model_config = ConfigDict(populate_by_name=True)
+    invalid: ClassVar[Invalid] = Invalid(
+        400, "Bad event id", f"Last-Event-ID {_BAD_EVENT_ID}.", "bad-event-id"
+    )
+
+    last_event_id: EventId = Field(
         None,
         alias="Last-Event-ID",
-        pattern=r"^\s*[0-9]*\s*$",
         description="The last event id seen: the stream resumes after it. EventSource sends it "
         "when it reconnects. A blank value counts as absent; the header wins over the query.",
     )
 
+    def resume_after(self, query: StreamQuery) -> int | None:
+        """Where the stream resumes: a browser cannot set headers on a first connection, so the
+        query carries the id then; on reconnection its header wins."""
+        return query.last_event_id if self.last_event_id is None else self.last_event_id
+
 
 class PollHeaders(BaseModel):
-    if_none_match: str = Field(
+    model_config = ConfigDict(populate_by_name=True)
+    invalid: ClassVar[Invalid] = Invalid(400, "Bad header", "A request header is not valid.")
+
+    if_none_match: str | None = Field(
         None,
         alias="If-None-Match",
         description="The `ETag` of the snapshot the client holds: unchanged, the answer is 304.",
     )
 
 
+def _comma_separated(value: Any) -> Any:
+    # `state=A&state=B` and `state=A,B` mean the same; one value arrives as a string.
+    values = value if isinstance(value, list) else [value]
+    return [part for v in values for part in str(v).split(",") if part]
+
+
+def _within_list_limit(limit: int) -> int:
+    # LIST_LIMIT_MAX is this deployment's setting, so the bound is read as a request is checked.
+    most: int = current_app.extensions["taskstream"].settings.list_limit_max
+    if limit > most:
+        raise PydanticCustomError(
+            "less_than_equal", "Input should be less than or equal to {le}", {"le": most}
+        )
+    return limit
+
+
 class ListQuery(BaseModel):
-    state: list[State] = Field(
-        None, description="Only tasks in these states (repeat, or separate with commas)."
+    invalid: ClassVar[Invalid] = Invalid(
+        422, "Invalid query", "Some query parameters are not valid.", "validation"
     )
-    task: list[str] = Field(
-        None, description="Only tasks of these names (repeat, or separate with commas)."
+
+    state: Annotated[list[State], BeforeValidator(_comma_separated)] = Field(
+        default_factory=list,
+        description="Only tasks in these states (repeat, or separate with commas).",
     )
-    limit: int = Field(20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX.")
-    cursor: str = Field(None, description="The `next` value of the previous page.")
+    task: Annotated[list[str], BeforeValidator(_comma_separated)] = Field(
+        default_factory=list,
+        description="Only tasks of these names (repeat, or separate with commas).",
+    )
+    limit: Annotated[int, AfterValidator(_within_list_limit)] = Field(
+        20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX."
+    )
+    cursor: str | None = Field(None, description="The `next` value of the previous page.")
 
 
 class TaskEvent(BaseModel):

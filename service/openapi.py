@@ -1,10 +1,11 @@
 """The OpenAPI document (`GET /openapi.json`) and its docs page (`GET /docs`).
 
 quart-schema walks the app's URL map and turns the models of service/models.py into parameters,
-request bodies and components. Its decorators are used for documentation only: POST /tasks keeps
-its own validation, so its problem documents stay as they are. What quart-schema cannot say by
-itself (problem+json and event-stream media types, response headers, one description per status)
-comes from the table below, keyed by endpoint.
+request bodies and components. The query and header models validate too (the routes are
+decorated with them); POST /tasks validates its body with the same model it documents here, by
+itself, so that malformed JSON and a wrong media type keep their own problem documents. What
+quart-schema cannot say by itself (problem+json and event-stream media types, response headers,
+one description per status) comes from the table below, keyed by endpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from quart import Quart, Response, current_app
-from quart_schema import QuartSchema, document_headers, document_querystring, document_request
+from quart_schema import QuartSchema, document_request
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing.rules import Rule
 
@@ -50,8 +51,6 @@ class Operation:
     description: str = ""
     tags: tuple[str, ...] = ()
     request: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    headers: type[BaseModel] | None = None
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -84,7 +83,6 @@ OPERATIONS: dict[str, Operation] = {
             422: _problem("A query parameter is not valid; `errors` names each."),
         },
         tags=("tasks",),
-        query=m.ListQuery,
     ),
     "tasks.status": Operation(
         "Get a task's snapshot",
@@ -94,7 +92,6 @@ OPERATIONS: dict[str, Operation] = {
             404: _NOT_FOUND,
         },
         tags=("tasks",),
-        headers=m.PollHeaders,
     ),
     "tasks.cancel": Operation(
         "Cancel a task",
@@ -121,8 +118,6 @@ OPERATIONS: dict[str, Operation] = {
         "change after the given id), then every later change in `seq` order, none skipped, none "
         "repeated.",
         tags=("streams",),
-        query=m.StreamQuery,
-        headers=m.StreamHeaders,
     ),
     "tasks.all_events": Operation(
         "Follow every task's changes",
@@ -133,8 +128,6 @@ OPERATIONS: dict[str, Operation] = {
         description="One stream for dashboards; the event id is a global sequence number. "
         "It does not end by itself.",
         tags=("streams",),
-        query=m.StreamQuery,
-        headers=m.StreamHeaders,
     ),
     "tasks.task_types": Operation(
         "List the tasks that may be submitted",
@@ -241,7 +234,7 @@ class _Provider(OpenAPIProvider):
             components.setdefault(name, self._component(model, components))
         return _drop_null_defaults(document)
 
-    def build_headers_parameters(self, model: type[BaseModel]) -> tuple[list, dict]:
+    def build_headers_parameters(self, model: Any) -> tuple[list, dict]:
         # quart-schema would kebab-case field names; the aliases are the real header names.
         schema = model.model_json_schema(by_alias=True, ref_template=_REF)
         parameters = []
@@ -253,7 +246,7 @@ class _Provider(OpenAPIProvider):
             parameters.append(param)
         return parameters, schema.get("$defs", {})
 
-    def build_querystring_parameters(self, model: type[BaseModel]) -> tuple[list, dict]:
+    def build_querystring_parameters(self, model: Any) -> tuple[list, dict]:
         parameters, definitions = super().build_querystring_parameters(model)
         settings = self._app.extensions["taskstream"].settings
         for param in parameters:
@@ -264,7 +257,7 @@ class _Provider(OpenAPIProvider):
                 param["schema"]["maximum"] = settings.list_limit_max
         return parameters, definitions
 
-    def build_request_body(self, model: type[BaseModel], source: Any) -> tuple[dict, dict]:
+    def build_request_body(self, model: Any, source: Any) -> tuple[dict, dict]:
         body, definitions = super().build_request_body(model, source)
         body["required"] = True
         return body, definitions
@@ -349,10 +342,6 @@ def install(app: Quart) -> None:
             continue
         if operation.request is not None:
             document_request(operation.request)(view)
-        if operation.query is not None:
-            document_querystring(operation.query)(view)
-        if operation.headers is not None:
-            document_headers(operation.headers)(view)
     app.add_url_rule("/docs", "docs", _docs_page)
     QuartSchema(
         app,

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from quart import Quart, Response
+from pydantic import BaseModel, ValidationError
+from quart import Quart, Response, current_app, request
+from quart_schema import RequestSchemaValidationError
+from quart_schema.validation import (
+    QUART_SCHEMA_HEADERS_ATTRIBUTE,
+    QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
+    RequestHeadersValidationError,
+)
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -47,7 +55,56 @@ class Problem(Exception):
         return response
 
 
+@dataclass(frozen=True)
+class Invalid:
+    """How a parameter model's refusal is answered: declared on the model (service/models.py)."""
+
+    status: int
+    title: str
+    detail: str
+    kind: str = "validation"
+
+
+def field_errors(exc: ValidationError, whole_path: bool = True) -> list[dict[str, str]]:
+    """The `errors` of a problem: each bad field as the client wrote it, what is wrong with it.
+
+    A body names its nested fields (`kwargs.x`); a query or header parameter is named alone
+    (`state`, not `state.0`), by its alias when it has one (`Last-Event-ID`).
+    """
+    errors = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        field = ".".join(loc) if whole_path else (loc[0] if loc else "")
+        errors.append({"field": field or "body", "message": error["msg"], "type": error["type"]})
+    return errors
+
+
+def _parameter_problem(exc: RequestSchemaValidationError) -> Problem:
+    view = current_app.view_functions.get(request.endpoint or "")
+    attribute = (
+        QUART_SCHEMA_HEADERS_ATTRIBUTE
+        if isinstance(exc, RequestHeadersValidationError)
+        else QUART_SCHEMA_QUERYSTRING_ATTRIBUTE
+    )
+    model: type[BaseModel] | None = getattr(view, attribute, None)
+    invalid: Invalid = getattr(model, "invalid", Invalid(400, "Bad Request", "Invalid request."))
+    cause = exc.validation_error
+    if isinstance(cause, ValidationError):
+        errors = field_errors(cause, whole_path=False)
+        if model is not None:
+            aliases = {name: f.alias for name, f in model.model_fields.items() if f.alias}
+            for error in errors:
+                error["field"] = aliases.get(error["field"], error["field"])
+    else:
+        errors = [{"field": "", "message": str(cause)[:300], "type": "invalid"}]
+    return Problem(invalid.status, invalid.title, invalid.detail, kind=invalid.kind, errors=errors)
+
+
 def register(app: Quart) -> None:
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _invalid_parameters(exc: RequestSchemaValidationError) -> Response:
+        return _parameter_problem(exc).response()
+
     @app.errorhandler(Problem)
     async def _problem(exc: Problem) -> Response:
         return exc.response()

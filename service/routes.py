@@ -1,4 +1,4 @@
-"""The HTTP routes of ../shared/CONTRACT.md."""
+"""The HTTP routes; docs/api.md is their reference."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
+from quart_schema import validate_headers, validate_querystring
 
 from taskstream.record import Change, Status, dumps, new_task_fields, utcnow
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
@@ -22,8 +23,8 @@ from taskstream.states import TERMINAL, TaskState
 from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.hub import Subscription
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from taskstream.web.models import MAX_EVENT_ID, SubmitBody
-from taskstream.web.problems import Problem
+from taskstream.web.models import ListQuery, PollHeaders, StreamHeaders, StreamQuery, SubmitBody
+from taskstream.web.problems import Problem, field_errors
 from taskstream.web.security import check_submission_rate, current_caller
 from taskstream.web.services import services
 from taskstream.web.snapshots import linked, links
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("tasks", __name__)
 
-STATES = tuple(TaskState)
 _MAX_ID_LENGTH = 64
 # How many tasks one list request may examine while filtering, so a filter that matches little
 # costs a bounded amount; the cursor carries on from where it stopped.
@@ -92,15 +92,9 @@ async def submit() -> Response:
     try:
         body = SubmitBody.model_validate(payload)
     except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(map(str, e["loc"])) or "body",
-                "message": e["msg"],
-                "type": e["type"],
-            }
-            for e in exc.errors(include_url=False)
-        ]
-        raise _validation_problem(errors, "The body must be {task, args?, kwargs?}.") from None
+        raise _validation_problem(
+            field_errors(exc), "The body must be {task, args?, kwargs?}."
+        ) from None
     task_type = REGISTRY.get(body.task)
     if task_type is None:
         raise Problem(
@@ -176,11 +170,12 @@ async def _snapshot_or_404(task_id: str) -> str:
 
 
 @bp.get("/tasks/<task_id>")
-async def status(task_id: str) -> Response:
+@validate_headers(PollHeaders)
+async def status(task_id: str, headers: PollHeaders) -> Response:
     data = await _snapshot_or_404(task_id)
     # The seq names the version: a poller sending If-None-Match gets 304 until the next change.
     etag = f'"{json.loads(data)["seq"]}"'
-    if etag in request.headers.get("If-None-Match", ""):
+    if headers.if_none_match and etag in headers.if_none_match:
         return Response("", status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
     response = _json(_linked(data, task_id), headers={"ETag": etag})
     response.headers["Cache-Control"] = "no-cache"
@@ -226,30 +221,6 @@ def _no_content() -> Response:
     return response
 
 
-def _last_event_id() -> int | None:
-    raw = request.headers.get("Last-Event-ID")
-    source = "Last-Event-ID"
-    if raw is None or not raw.strip():
-        # A browser cannot set headers on a first connection; on reconnection its header wins.
-        raw = request.args.get("last_event_id")
-        source = "last_event_id"
-    if raw is None or not raw.strip():
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
-    # Redis stream ids are 64-bit: a larger one would fail mid-stream, after the 200 is sent.
-    if not 0 <= value <= MAX_EVENT_ID:
-        raise Problem(
-            400,
-            "Bad event id",
-            f"{source} must be an integer from 0 to {MAX_EVENT_ID}.",
-            kind="bad-event-id",
-        )
-    return value
-
-
 def _stream_response(body: Any) -> Response:
     response = Response(body, status=200)
     # Set by hand: Quart would add a charset to text/*, which the contract does not show.
@@ -283,9 +254,11 @@ def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
 
 
 @bp.get("/tasks/<task_id>/events")
-async def task_events(task_id: str) -> Response:
+@validate_querystring(StreamQuery)
+@validate_headers(StreamHeaders)
+async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHeaders) -> Response:
     svc = services()
-    after = _last_event_id()
+    after = headers.resume_after(query_args)
     if len(task_id) > _MAX_ID_LENGTH:
         raise _not_found(task_id)
     # Subscribe first, then read: a change made in between arrives on the subscription.
@@ -308,9 +281,11 @@ async def task_events(task_id: str) -> Response:
 
 
 @bp.get("/events")
-async def all_events() -> Response:
+@validate_querystring(StreamQuery)
+@validate_headers(StreamHeaders)
+async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Response:
     svc = services()
-    after = _last_event_id()
+    after = headers.resume_after(query_args)
     sub, cleanup = _subscribe(None)
     try:
         current = await svc.record.global_seq()
@@ -382,45 +357,14 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 @bp.get("/tasks")
-async def list_tasks() -> Response:
+@validate_querystring(ListQuery)
+async def list_tasks(query_args: ListQuery) -> Response:
     svc = services()
-    args = request.args
-    errors = []
-    limit = 20
-    if "limit" in args:
-        try:
-            limit = int(args["limit"])
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= svc.settings.list_limit_max:
-            errors.append(
-                {
-                    "field": "limit",
-                    "type": "range",
-                    "message": f"must be an integer from 1 to {svc.settings.list_limit_max}",
-                }
-            )
-    states = {s for v in args.getlist("state") for s in v.split(",") if s}
-    bad_states = states - set(STATES)
-    if bad_states:
-        errors.append(
-            {
-                "field": "state",
-                "type": "enum",
-                "message": f"unknown state(s) {sorted(bad_states)}; one of {list(STATES)}",
-            }
-        )
-    names = {n for v in args.getlist("task") for n in v.split(",") if n}
-    if errors:
-        raise Problem(
-            422,
-            "Invalid query",
-            "Some query parameters are not valid.",
-            kind="validation",
-            errors=errors,
-        )
+    states = set(query_args.state)
+    names = set(query_args.task)
+    limit = query_args.limit
     max_score, max_id = (
-        _decode_cursor(args["cursor"]) if args.get("cursor") else (float("inf"), None)
+        _decode_cursor(query_args.cursor) if query_args.cursor else (float("inf"), None)
     )
 
     caller = current_caller()
