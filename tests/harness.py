@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from taskstream.keys import Keys
@@ -328,3 +329,21 @@ class PrivateRabbit:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def require_chromium() -> str:
+    """Debian's Chromium (`make system-deps` installs it). Without it a developer's run skips the
+    browser tests; under CI (CI=true) they fail, since a skip there would hide a missing part."""
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    message = f"no Chromium at {CHROMIUM}: run `make system-deps`"
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
