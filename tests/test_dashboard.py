@@ -22,17 +22,8 @@ import pytest
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
 from playwright import sync_api
 
-from tests.harness import ROOT, Service, require_chromium, submit
+from tests.harness import CHROMIUM_ARGS, ROOT, Service, require_chromium, submit
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.harness import Service
+from tests.harness import CHROMIUM_ARGS, Service, require_chromium
 
 TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "ops": "ops-admin-333",
           "flood": "flood-token-4444"}  # fmt: skip
@@ -243,12 +243,10 @@ def test_the_cli_sends_its_token_from_the_environment(secure):
 def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(secure):
     from playwright.sync_api import sync_playwright
 
-    from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
-
     bobs = submit_as(secure, "bob", "add", x=1, y=1)["id"]
     alices = submit_as(secure, "alice", "sleep", seconds=0.5, steps=2)["id"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=require_chromium(), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(secure.url + "/")
