@@ -15,8 +15,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,64 +25,21 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from taskstream.web.launch import (
-    PrivateRedis,
-    free_port,
-    wait_until_ready,
-    web_command,
-    worker_command,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+from tests.harness import ROOT, TERMINAL, RedisServer, Service
 
 
-@dataclass
-class Stack:
-    logdir: Path
-    redis: PrivateRedis = field(default_factory=lambda: PrivateRedis(persist=True))
-    ports: list[int] = field(default_factory=lambda: [free_port(), free_port()])
-    webs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    started: int = 0
+class Stack(Service):
+    """Two web processes and two workers on a persistent private Redis."""
 
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "REDIS_URL": self.redis.url, "KEY_PREFIX": "soak",
-                "VISIBILITY_TIMEOUT_SECONDS": "6", "LOG_LEVEL": "WARNING"}  # fmt: skip
-
-    def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
-        self.started += 1
-        log = open(self.logdir / f"proc{self.started}.log", "wb")
-        return subprocess.Popen(cmd, env=self.env(), cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-    def start_web(self, index: int) -> None:
-        proc = self._spawn(web_command("127.0.0.1", self.ports[index]))
-        if index < len(self.webs):
-            self.webs[index] = proc
-        else:
-            self.webs.append(proc)
-        wait_ready(f"http://127.0.0.1:{self.ports[index]}")
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        proc = self._spawn(worker_command(2))
-        self.workers.append(proc)
-        return proc
-
-    def url(self, index: int) -> str:
-        return f"http://127.0.0.1:{self.ports[index]}"
+    def __init__(self, logdir: Path):
+        # Persistent, so that a restart keeps what was recorded, as a production Redis does.
+        self.redis = RedisServer(persist=True)
+        env = {"VISIBILITY_TIMEOUT_SECONDS": "6", "LOG_LEVEL": "WARNING"}
+        super().__init__(self.redis.url, logdir, prefix="soak", extra_env=env)
 
     def stop(self) -> None:
-        for proc in self.webs + self.workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        super().stop()
         self.redis.stop()
-
-
-def wait_ready(url: str) -> None:
-    if not wait_until_ready(url, 30):
-        raise RuntimeError(f"{url} not ready")
 
 
 @dataclass
@@ -100,7 +55,7 @@ def watch(stack: Stack, w: Watch, delay: float, rng: random.Random, deadline: fl
     time.sleep(delay)
     last: int | None = None
     while time.monotonic() < deadline:
-        base = stack.url(rng.randrange(2))
+        base = stack.url_of(rng.randrange(2))
         headers = {} if last is None else {"Last-Event-ID": str(last)}
         try:
             with (
@@ -137,7 +92,7 @@ def submit(stack: Stack, rng: random.Random) -> str | None:
         "add": lambda: {"x": rng.randint(0, 9), "y": rng.randint(0, 9)},
     }[kind]()
     try:
-        answer = httpx.post(f"{stack.url(rng.randrange(2))}/tasks", timeout=10,
+        answer = httpx.post(f"{stack.url_of(rng.randrange(2))}/tasks", timeout=10,
                             json={"task": kind, "kwargs": kwargs})  # fmt: skip
     except httpx.HTTPError:
         return None
@@ -147,16 +102,11 @@ def submit(stack: Stack, rng: random.Random) -> str | None:
 def inject(stack: Stack, rng: random.Random, faults: Counter[str]) -> None:
     fault = rng.choice(["kill-worker", "restart-web", "restart-redis"])
     if fault == "kill-worker":
-        alive = [w for w in stack.workers if w.poll() is None]
-        victim = rng.choice(alive)
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
-        stack.start_worker()
+        victim = rng.choice([w for w in stack.workers if w.alive()])
+        victim.kill()
+        stack.start_worker(2, wait=False)
     elif fault == "restart-web":
-        index = rng.randrange(2)
-        os.killpg(stack.webs[index].pid, signal.SIGTERM)
-        stack.webs[index].wait(20)
-        stack.start_web(index)
+        stack.restart_web(rng.randrange(2))
     else:
         stack.redis.restart(down_seconds=rng.uniform(0.5, 2))
     faults[fault] += 1
@@ -174,10 +124,10 @@ def main() -> int:
     watches: list[Watch] = []
     threads: list[threading.Thread] = []
     try:
-        stack.start_worker()
-        stack.start_worker()
-        stack.start_web(0)
-        stack.start_web(1)
+        stack.start_worker(2, wait=False)
+        stack.start_worker(2, wait=False)
+        stack.start_web()
+        stack.start_web()
         begin = time.monotonic()
         end = begin + args.seconds
         next_fault = begin + rng.uniform(5, 12)

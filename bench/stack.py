@@ -20,15 +20,7 @@ from typing import Any
 import httpx
 import redis
 
-from taskstream.web.launch import (
-    PrivateRedis,
-    free_port,
-    wait_until_ready,
-    web_command,
-    worker_command,
-)
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT, Proc, RedisServer, Service, free_port
 
 
 @dataclass
@@ -36,69 +28,49 @@ class Stack:
     worker_concurrency: int = 2
     prefix: str = "bench"
     logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="taskstream-bench-")))
-    redis: PrivateRedis = field(default_factory=PrivateRedis)
+    redis: RedisServer = field(default_factory=RedisServer)
     port: int = field(default_factory=free_port)
-    web: subprocess.Popen[bytes] | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    service: Service | None = None
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            REDIS_URL=self.redis.url,
-            KEY_PREFIX=self.prefix,
-            PYTHONUNBUFFERED="1",
-        )
-        # The service's own default (INFO: a line per accepted task) unless asked otherwise.
-        if os.environ.get("BENCH_LOG_LEVEL"):
-            env["LOG_LEVEL"] = os.environ["BENCH_LOG_LEVEL"]
-        return env
+    @property
+    def web(self) -> Proc:
+        assert self.service is not None
+        return self.service.webs[0]
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}.log", "wb")  # open as long as the process
-        return subprocess.Popen(
-            cmd, env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    @property
+    def worker(self) -> Proc:
+        assert self.service is not None
+        return self.service.workers[0]
 
     def start(self) -> Stack:
         self.redis.start()
-        self.worker = self._spawn("worker", worker_command(self.worker_concurrency))
-        extra = os.environ.get("BENCH_WEB_ARGS", "").split()
-        self.web = self._spawn("web", web_command("127.0.0.1", self.port) + extra)
-        web = self.web
-        if not wait_until_ready(self.base, 60, alive=lambda: web.poll() is None):
-            raise RuntimeError(f"the web process did not start:\n{self.tail('web')}")
-        # The worker is ready when it has run a task.
+        # The service's own log level (INFO: a line per accepted task) unless asked otherwise.
+        level = os.environ.get("BENCH_LOG_LEVEL")
+        extra_env = {"LOG_LEVEL": level} if level else {}
+        self.service = Service(self.redis.url, self.logdir, self.prefix, extra_env)
+        # The worker is ready when it has run a task (below): its log may not say so.
+        self.service.start_worker(self.worker_concurrency, name="worker", wait=False)
+        extra = tuple(os.environ.get("BENCH_WEB_ARGS", "").split())
+        self.service.start_web(self.port, extra_args=extra, timeout=60)
         task = self.submit("add", x=1, y=2)
         self.wait_done(task["id"], 60)
         return self
 
     def stop(self) -> None:
-        for proc in (self.web, self.worker):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGCONT)
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (self.web, self.worker):
-            if proc is None:
-                continue
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if self.service is not None:
+            self.service.stop()
         self.redis.stop()
 
     def tail(self, name: str, lines: int = 30) -> str:
-        path = self.logdir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        procs = self.service.webs + self.service.workers if self.service else []
+        return next((p.tail(lines) for p in procs if p.name.startswith(name)), "")
 
     def pause_worker(self, paused: bool) -> None:
-        assert self.worker is not None
-        os.killpg(self.worker.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+        self.worker.signal_group(signal.SIGSTOP if paused else signal.SIGCONT)
 
     # --- the HTTP API, for setting up each measurement
 
@@ -130,7 +102,6 @@ class Stack:
 
     def app_pid(self) -> int:
         """The process that serves the app: Hypercorn's spawned worker, not its supervisor."""
-        assert self.web is not None
         for child in _children(self.web.pid):
             try:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()

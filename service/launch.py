@@ -36,15 +36,10 @@ def redis_answers(url: str, wait: float = 1.0) -> bool:
 
 
 def wait_until_ready(
-    url: str,
-    wait: float = 30.0,
-    status: int = 200,
-    alive: Callable[[], bool] = lambda: True,
+    url: str, wait: float, alive: Callable[[], bool] = lambda: True, status: int = 200
 ) -> bool:
-    """Poll `url`/readyz until it answers `status`; False when `wait` passes or `alive()` fails.
-
-    200 means Redis answers and the change subscription is live; tests also wait for 503.
-    """
+    """Poll `url`/readyz until it answers `status` (200: Redis answers and the change
+    subscription is live); False when `wait` passes or `alive()` turns false."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and alive():
         try:
@@ -59,7 +54,8 @@ def wait_until_ready(
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def redis_server_binary() -> str:
@@ -79,53 +75,39 @@ def redis_server_binary() -> str:
 
 @dataclass
 class PrivateRedis:
-    """A real redis-server of our own on a loopback port, keeping nothing on disk."""
+    """A real redis-server of our own on a loopback port, keeping nothing on disk.
+
+    (The tests' harness extends it with passwords, TLS, persistence and restarts.)
+    """
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="taskstream-redis-"))
-    # For tests: a password, TLS, persistence or a redis-server binary of another build.
-    extra_args: list[str] = field(default_factory=list)
-    binary: str | None = None
     url: str = ""
-    # Keep data across a restart (an RDB file in `workdir`), as a production Redis would.
-    persist: bool = False
 
     def __post_init__(self) -> None:
         self.url = self.url or f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self) -> list[str]:
+        return [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self.workdir,
+            "--protected-mode", "yes",
+            "--loglevel", "warning",
+        ]  # fmt: skip
+
     def start(self) -> PrivateRedis:
-        self.process = subprocess.Popen(
-            [
-                self.binary or redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                *(["--save", "3600", "1"] if self.persist else ["--save", ""]),
-                "--appendonly", "no",
-                "--dir", self.workdir,
-                "--protected-mode", "yes",
-                "--loglevel", "warning",
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not redis_answers(self.url, 0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the private redis-server did not start")
             time.sleep(0.05)
         return self
-
-    def restart(self, down_seconds: float = 0.0) -> None:
-        """Stop the server and start it again on the same port and folder (for fault tests)."""
-        self.halt()
-        time.sleep(down_seconds)
-        self.start()
-
-    def halt(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -201,7 +183,7 @@ def main() -> int:
         subprocess.Popen(web_command(host, settings.port), env=env),
     ]
     url = f"http://{host}:{settings.port}"
-    if wait_until_ready(url, 60, alive=lambda: all(c.poll() is None for c in children)):
+    if wait_until_ready(url, 60, lambda: all(c.poll() is None for c in children)):
         print(f"taskstream is ready: {url}/  (Ctrl-C stops it)", flush=True)
 
     stopping = False

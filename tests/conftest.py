@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstream.web.launch import PrivateRedis, redis_answers
-from tests.harness import PrivateRabbit, Service, rabbitmq_answers
+from tests.harness import PrivateRabbit, RedisServer, Service, rabbitmq_answers, redis_answers
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +17,7 @@ def redis_url() -> Iterator[str]:
     if url and redis_answers(url):
         yield url
         return
-    server = PrivateRedis().start()
+    server = RedisServer().start()
     try:
         yield server.url
     finally:

@@ -1,5 +1,7 @@
-"""The harness for real processes: a Redis server, Celery workers and Hypercorn web processes,
-and the helpers tests use to talk to them. Fixtures live in conftest.py; everything else here.
+"""The harness for real processes: a Redis server, Celery workers and web processes, and the
+helpers that talk to them. The tests (fixtures in conftest.py), the benchmark (bench/stack.py) and
+the soak (bench/soak.py) all start their processes here; the production launcher
+(taskstream.web.launch) keeps only what `make run` needs.
 
 Redis: the one at REDIS_URL when it is set and answers, else a private redis-server. Every
 deployment uses a key prefix of its own, so its keys, queues and pub/sub channels never meet
@@ -25,11 +27,16 @@ import redis
 from taskstream.keys import Keys
 from taskstream.record import Change, Recorder, Status, new_task_fields, utcnow
 from taskstream.web.launch import (
+    PrivateRedis,
     free_port,
+    redis_answers,
     wait_until_ready,
     web_command,
     worker_command,
 )
+
+# Re-exported: tests and bench take everything about processes from here.
+__all__ = ["free_port", "redis_answers", "wait_until_ready", "web_command", "worker_command"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -37,6 +44,37 @@ TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 
 def new_prefix() -> str:
     return f"test{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class RedisServer(PrivateRedis):
+    """The launcher's private redis-server, with what faults and security need: a password or
+    TLS (`extra_args`, `url`), another build (`binary`), persistence, and restarts."""
+
+    extra_args: list[str] = field(default_factory=list)
+    binary: str | None = None
+    # Keep data across a restart (an RDB file in `workdir`), as a production Redis would.
+    persist: bool = False
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if self.binary:
+            cmd[0] = self.binary
+        if self.persist:
+            at = cmd.index("--save")
+            cmd[at + 1 : at + 2] = ["3600", "1"]
+        return cmd + self.extra_args
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server and start it again on the same port and folder."""
+        self.halt()
+        time.sleep(down_seconds)
+        self.start()
+
+    def halt(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 @dataclass
@@ -64,6 +102,9 @@ class Proc:
         )  # fmt: skip
         return self
 
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
     @property
     def pid(self) -> int:
         assert self.popen is not None
@@ -76,6 +117,7 @@ class Proc:
     def stop(self, timeout: float = 15) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
+        self.signal_group(signal.SIGCONT)  # a paused process (bench) could not act on SIGTERM
         self.signal_group(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
@@ -128,25 +170,30 @@ class Service:
     def url_of(self, index: int) -> str:
         return f"http://127.0.0.1:{self.ports[index]}"
 
-    def start_worker(self, concurrency: int = 4, name: str | None = None) -> Proc:
+    def start_worker(
+        self, concurrency: int = 4, name: str | None = None, wait: bool = True
+    ) -> Proc:
+        """A worker; `wait` for its " ready." line (which a LOG_LEVEL above INFO hides)."""
         name = name or f"worker{len(self.workers)}"
         hostname = f"{name}-{self.prefix}@%h"
         cmd = worker_command(concurrency, hostname, app=self.env.get("CELERY_APP", ""))
         proc = Proc(name, cmd, self.env, self.log_dir, cwd=self.cwd).start()
         self.workers.append(proc)
-        wait_for_worker(proc)
+        if wait:
+            wait_for_worker(proc)
         return proc
 
-    def start_web(self, port: int | None = None) -> Proc:
+    def start_web(
+        self, port: int | None = None, extra_args: tuple[str, ...] = (), timeout: float = 30
+    ) -> Proc:
         port = port or free_port()
         index = len(self.webs)
-        proc = Proc(
-            f"web{index}", web_command("127.0.0.1", port), self.env, self.log_dir, cwd=self.cwd
-        )
+        cmd = web_command("127.0.0.1", port) + list(extra_args)
+        proc = Proc(f"web{index}", cmd, self.env, self.log_dir, cwd=self.cwd)
         proc.start()
         self.webs.append(proc)
         self.ports.append(port)
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout)
         return proc
 
     def restart_web(self, index: int = 0) -> Proc:
@@ -172,7 +219,9 @@ class Service:
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 30) -> None:
-    if not wait_until_ready(url, timeout, alive=lambda: proc.popen.poll() is None):
+    if not wait_until_ready(
+        url, timeout, lambda: proc.popen is not None and proc.popen.poll() is None
+    ):
         raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
 
 

@@ -21,8 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskstream.web.launch import free_port
-from tests.harness import poll_until_done, submit
+from tests.harness import free_port, poll_until_done, submit
 
 OK, FAILURE, REVOKED, USAGE, UNAVAILABLE = 0, 1, 2, 3, 4
 LINE = re.compile(r"^(?P<state>[A-Z]+)\s+seq=(?P<seq>\d+)\s+(?P<percent>\d+%|-)")

@@ -10,14 +10,21 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from taskstream.web.launch import PrivateRedis, wait_until_ready
-from tests.harness import TERMINAL, Service, assert_contiguous, poll_until_done, submit
+from tests.harness import (
+    TERMINAL,
+    RedisServer,
+    Service,
+    assert_contiguous,
+    poll_until_done,
+    submit,
+    wait_until_ready,
+)
 
 
 @pytest.fixture
 def durable_redis():
     # Persistence on, so a restart keeps what was recorded, as a production Redis does.
-    server = PrivateRedis(persist=True).start()
+    server = RedisServer(persist=True).start()
     yield server
     server.stop()
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taskstream.web.launch import PrivateRedis, free_port, web_command
-from tests.harness import Proc, Service, read_stream, submit
+from tests.harness import Proc, RedisServer, Service, free_port, read_stream, submit, web_command
 
 PASSWORD = "s3cret-redis-pw"
 
@@ -35,7 +34,7 @@ def assert_password_nowhere(svc: Service) -> None:
 
 @pytest.fixture
 def redis_with_password():
-    server = PrivateRedis(extra_args=["--requirepass", PASSWORD])
+    server = RedisServer(extra_args=["--requirepass", PASSWORD])
     server.url = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
     server.start()
     yield server
@@ -102,7 +101,7 @@ def test_redis_over_tls_with_a_password(tmp_path):
         f"rediss://:{PASSWORD}@127.0.0.1:{port}/0"
         f"?ssl_cert_reqs=required&ssl_ca_certs={certs['ca.crt']}"
     )
-    server = PrivateRedis(
+    server = RedisServer(
         port=port,
         binary=binary,
         url=url,
