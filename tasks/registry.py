@@ -14,7 +14,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from celery import shared_task
 from pydantic import (
@@ -166,7 +166,7 @@ def arguments_model(fn: Callable[..., Any], bound: bool = False, name: str = "")
     if bound and params:
         params = params[1:]
     fields: dict[str, Any] = {}
-    extra = "forbid"
+    extra: Literal["allow", "forbid"] = "forbid"
     for param in params:
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             extra = "allow"
