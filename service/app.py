@@ -8,6 +8,7 @@ from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
+from taskstream.web.embed import SlashAtRoot
 from taskstream.web.routes import bp
 from taskstream.web.security import StreamSlots
 from taskstream.web.services import Services
@@ -37,8 +38,10 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     rules = list(app.url_map.iter_rules())
     svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})
 
-    app.asgi_app = WriteTimeout(  # type: ignore[method-assign, assignment]
-        app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
+    app.asgi_app = SlashAtRoot(  # type: ignore[method-assign, assignment]
+        WriteTimeout(
+            app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
+        )
     )
 
     @app.after_request

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
-from quart import Quart, Response, current_app
+from quart import Quart, Response, current_app, has_request_context, request
 from quart_schema import QuartSchema, document_request
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.routing.rules import Rule
@@ -225,6 +225,10 @@ class _Provider(OpenAPIProvider):
     def schema(self) -> dict[str, Any]:
         document = super().schema()
         document["openapi"] = "3.1.0"
+        if has_request_context():
+            # The paths below are relative to where this request found the API (a mount prefix
+            # or a proxy's root path), so a client generated from the document calls the same.
+            document["servers"] = [{"url": request.root_path or "/"}]
         document["info"]["description"] = (
             "Run jobs on Celery workers and follow every change live over Server-Sent Events. "
             "Errors are RFC 9457 problem documents (`application/problem+json`)."

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from quart import Quart, Response, current_app, request
+from quart import Quart, Response, current_app, has_request_context, request
 from quart_schema import RequestSchemaValidationError
 from quart_schema.validation import (
     QUART_SCHEMA_HEADERS_ATTRIBUTE,
@@ -40,10 +40,18 @@ class Problem(Exception):
         self.status = status
         self.title = title
         self.detail = detail
-        # A relative URI naming the kind of problem; the README lists them all.
-        self.type = f"/problems/{kind}" if kind else "about:blank"
+        self.kind = kind
         self.headers = headers or {}
         self.extensions = extensions
+
+    @property
+    def type(self) -> str:
+        """A URI naming the kind of problem (the README lists them all), under the root path the
+        API is served at, so that it resolves to the same place from any page of it."""
+        if not self.kind:
+            return "about:blank"
+        root = request.root_path if has_request_context() else ""
+        return f"{root}/problems/{self.kind}"
 
     def response(self) -> Response:
         body: dict[str, Any] = {"type": self.type, "title": self.title, "status": self.status}

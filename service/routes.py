@@ -300,6 +300,11 @@ async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Respons
     return _stream_response(StreamBody(body, cleanup))
 
 
+def _cookie_path() -> str:
+    # The session belongs to this API only, wherever it is mounted, not to a host app beside it.
+    return request.root_path + "/"
+
+
 @bp.post("/session")
 async def create_session() -> Response:
     """Trade a bearer token for a signed, expiring, HttpOnly cookie (for browsers)."""
@@ -309,7 +314,7 @@ async def create_session() -> Response:
     if svc.auth.enabled:
         response.set_cookie(
             SESSION_COOKIE, svc.auth.session_cookie(caller), max_age=svc.auth.session_seconds,
-            httponly=True, samesite="Strict", secure=request.scheme == "https", path="/",
+            httponly=True, samesite="Strict", secure=request.scheme == "https", path=_cookie_path(),
         )  # fmt: skip
     return response
 
@@ -317,7 +322,7 @@ async def create_session() -> Response:
 @bp.delete("/session")
 async def end_session() -> Response:
     response = _no_content()
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path=_cookie_path())
     return response
 
 
@@ -326,7 +331,7 @@ async def stream_token(task_id: str) -> Response:
     """A short-lived token that opens this one task's stream, for an EventSource URL."""
     svc = services()
     await _snapshot_or_404(task_id)
-    events = f"/tasks/{task_id}/events"
+    events = links(task_id, request.root_path)["events"]
     if not svc.auth.enabled:
         return _json(json.dumps({"token": None, "events": events, "expires_in": None}))
     token = svc.auth.stream_token(current_caller(), task_id)

@@ -8,7 +8,8 @@
 
 (() => {
   const TERMINAL = new Set(["SUCCESS", "FAILURE", "REVOKED"]);
-  const LIST_URL = "/tasks?limit=50";
+  // Every URL is relative to the page, so the dashboard works wherever the API is mounted.
+  const LIST_URL = "tasks?limit=50";
   const POLL_MS = 1500;
   // How long the stream may stay unconnected (first connection or reconnection) before the page
   // polls instead, and how often polling mode then tries the stream again.
@@ -340,7 +341,7 @@
   }
 
   async function refreshTask(id) {
-    const response = await fetch(`/tasks/${encodeURIComponent(id)}`, {
+    const response = await fetch(`tasks/${encodeURIComponent(id)}`, {
       cache: "no-store",
       headers: { Accept: "application/json" },
     });
@@ -387,7 +388,7 @@
     clearTimeout(retryTimer);
     // A fresh EventSource cannot send Last-Event-ID, so the id it should resume from goes in the
     // query; on its own reconnections the browser sends the header, which the server prefers.
-    const url = lastEventId ? `/events?last_event_id=${encodeURIComponent(lastEventId)}` : "/events";
+    const url = lastEventId ? `events?last_event_id=${encodeURIComponent(lastEventId)}` : "events";
     const stream = new EventSource(url);
     source = stream;
     armGrace();
@@ -498,7 +499,7 @@
     const name = snap ? `${snap.task} task ${shortId(id)}` : `task ${shortId(id)}`;
     button.disabled = true;
     try {
-      const response = await fetch(`/tasks/${encodeURIComponent(id)}`, {
+      const response = await fetch(`tasks/${encodeURIComponent(id)}`, {
         method: "DELETE",
         headers: { Accept: "application/json, application/problem+json" },
       });
@@ -526,7 +527,7 @@
 
   async function loadTaskTypes() {
     try {
-      const response = await fetch("/task-types", { headers: { Accept: "application/json" } });
+      const response = await fetch("task-types", { headers: { Accept: "application/json" } });
       if (!response.ok) throw new Error(String(response.status));
       const body = await response.json();
       taskTypes = (Array.isArray(body) ? body : body.items || []).filter((t) => t && t.name);
@@ -779,7 +780,7 @@
     ui.submit.disabled = true;
     ui.form.setAttribute("aria-busy", "true");
     try {
-      const response = await fetch("/tasks", {
+      const response = await fetch("tasks", {
         method: "POST",
         headers: {
           "Content-Type": "application/json",
@@ -827,7 +828,7 @@
   // EventSource. The token itself is never stored by the page.
   async function signedIn() {
     try {
-      const probe = await fetch("/task-types", { headers: { Accept: "application/json" } });
+      const probe = await fetch("task-types", { headers: { Accept: "application/json" } });
       if (probe.status !== 401) return true;
     } catch {
       return true; // unreachable: the usual retries take over
@@ -849,7 +850,7 @@
         event.preventDefault();
         const token = form.querySelector("input").value.trim();
         const error = form.querySelector("#signin-error");
-        const answer = await fetch("/session", {
+        const answer = await fetch("session", {
           method: "POST",
           headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
         }).catch(() => null);
