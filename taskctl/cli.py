@@ -11,12 +11,15 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from taskstream.client import __version__, exitcodes, render
-from taskstream.client.client import Api, ServiceError, Unreachable
-from taskstream.client.follow import TERMINAL, Follower, FollowOptions
+from taskstream.client.client import Client
+from taskstream.client.errors import ProblemError, Unreachable
+from taskstream.client.follow import TERMINAL, FollowOptions
 from taskstream.client.params import ParamError, parse_params, parse_value
 
 DEFAULT_URL = "http://localhost:8000"
 URL_VARIABLE = "TASKSTREAM_URL"
+# A deployment with authentication on wants a bearer token.
+TOKEN_VARIABLE = "TASKSTREAM_TOKEN"
 
 _DESCRIPTION = "Submit tasks to a taskstream service and follow them live."
 _EPILOG = f"""\
@@ -142,25 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
 # --- the commands ----------------------------------------------------------------------------
 
 
-def _follow(api: Api, task_id: str, opts: argparse.Namespace, first: dict[str, Any] | None) -> int:
+def _follow(
+    api: Client, task_id: str, opts: argparse.Namespace, first: dict[str, Any] | None
+) -> int:
     out = render.choose(opts.json)
     try:
-        last_seq = 0
         if first is not None:
             out.show(first)
-            last_seq = int(first["seq"])
-        follower = Follower(
-            api,
-            task_id,
-            out.show,
-            out.notice,
-            FollowOptions(patience=opts.patience),
-            last_seq=last_seq,
-        )
-        snap = first if first is not None and first["state"] in TERMINAL else follower.run()
+            if first["state"] in TERMINAL:
+                return _outcome(first, opts.json)
+        after = int(first["seq"]) if first is not None else None
+        options = FollowOptions(patience=opts.patience)
+        with api.follow(task_id, after=after, options=options, on_notice=out.notice) as follow:
+            for snap in follow:
+                out.show(snap)
+            final = follow.final
     finally:
         out.close()
-    return _outcome(snap, opts.json)
+    assert final is not None
+    return _outcome(final, opts.json)
 
 
 def _outcome(snap: dict[str, Any], json_lines: bool) -> int:
@@ -175,13 +178,13 @@ def _outcome(snap: dict[str, Any], json_lines: bool) -> int:
     return exitcodes.FOR_STATE[state]
 
 
-def cmd_submit(api: Api, opts: argparse.Namespace) -> int:
+def cmd_submit(api: Client, opts: argparse.Namespace) -> int:
     try:
         kwargs = parse_params(opts.params)
     except ParamError as exc:
         return _usage(str(exc))
     args = [parse_value(value) for value in opts.args]
-    snap = api.submit(opts.task, args, kwargs)
+    snap = api.submit(opts.task, *args, **kwargs)
     if opts.follow:
         return _follow(api, snap["id"], opts, first=snap)
     print(render.dumps(snap) if opts.json else snap["id"])
@@ -190,7 +193,7 @@ def cmd_submit(api: Api, opts: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def cmd_watch(api: Api, opts: argparse.Namespace) -> int:
+def cmd_watch(api: Client, opts: argparse.Namespace) -> int:
     return _follow(api, opts.id, opts, first=None)
 
 
@@ -198,9 +201,8 @@ _STATUS_FIELDS = ("id", "task", "state", "seq", "retries")
 _TIMES = ("submitted_at", "started_at", "finished_at", "updated_at")
 
 
-def cmd_status(api: Api, opts: argparse.Namespace) -> int:
-    snap, _ = api.get(opts.id)
-    assert snap is not None
+def cmd_status(api: Client, opts: argparse.Namespace) -> int:
+    snap = api.get(opts.id)
     if opts.json:
         print(render.dumps(snap))
         return exitcodes.OK
@@ -220,7 +222,7 @@ def cmd_status(api: Api, opts: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def cmd_cancel(api: Api, opts: argparse.Namespace) -> int:
+def cmd_cancel(api: Client, opts: argparse.Namespace) -> int:
     snap = api.cancel(opts.id)
     print(render.dumps(snap) if opts.json else f"{snap['id']} {snap['state']}")
     return exitcodes.OK
@@ -230,10 +232,10 @@ def _split(values: list[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def cmd_list(api: Api, opts: argparse.Namespace) -> int:
+def cmd_list(api: Client, opts: argparse.Namespace) -> int:
     states = [s.upper() for s in _split(opts.state)]
-    page = api.list(states, _split(opts.task), opts.limit, opts.cursor)
-    items = page.get("items") or []
+    page = api.list(state=states, task=_split(opts.task), limit=opts.limit, cursor=opts.cursor)
+    items = page.items
     if opts.json:
         for snap in items:
             print(render.dumps(snap))
@@ -254,8 +256,8 @@ def cmd_list(api: Api, opts: argparse.Namespace) -> int:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     else:
         _error("no tasks")
-    if page.get("next"):
-        _error(f"more: repeat with --cursor {page['next']}")
+    if page.next:
+        _error(f"more: repeat with --cursor {page.next}")
     return exitcodes.OK
 
 
@@ -264,8 +266,8 @@ def _percent_cell(snap: dict[str, Any]) -> str:
     return "" if percent is None else f"{percent:.0f}%"
 
 
-def cmd_types(api: Api, opts: argparse.Namespace) -> int:
-    types = api.types()
+def cmd_types(api: Client, opts: argparse.Namespace) -> int:
+    types = api.task_types()
     if opts.json:
         for task_type in types:
             print(render.dumps(task_type))
@@ -298,7 +300,7 @@ def _describe_property(prop: dict[str, Any], required: bool) -> str:
     return f"{text}  {description}" if description else text
 
 
-COMMANDS: dict[str, Callable[[Api, argparse.Namespace], int]] = {
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "watch": cmd_watch,
     "status": cmd_status,
@@ -350,9 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = _service_url(opts)
         if url is None:
             return _usage(f"not an http(s) URL: {opts.url or os.environ.get(URL_VARIABLE)!r}")
-        with Api(url) as api:
+        token = os.environ.get(TOKEN_VARIABLE) or None
+        with Client(url, token, user_agent=f"taskctl/{__version__}") as api:
             return COMMANDS[opts.command](api, opts)
-    except ServiceError as exc:
+    except ProblemError as exc:
         _error(render.problem_text(exc.status, exc.problem))
         return exitcodes.USAGE if exc.client_error else exitcodes.UNAVAILABLE
     except Unreachable as exc:
