@@ -21,6 +21,7 @@ from taskstream.states import TaskState
 
 if TYPE_CHECKING:
     from taskstream.celery_app import init_celery
+    from taskstream.client import AsyncClient, Client
     from taskstream.progress import report_progress
     from taskstream.registry import submittable
     from taskstream.web.app import create_app
@@ -35,8 +36,9 @@ _LAZY = {
     "AsyncClient": "taskstream.client",
 }
 
-# Client and AsyncClient join __all__ when taskstream.client defines them.
 __all__ = [
+    "AsyncClient",
+    "Client",
     "TaskState",
     "create_app",
     "init_celery",
