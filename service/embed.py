@@ -99,7 +99,9 @@ def mount(
     from taskstream.web.app import create_app
 
     app = create_app(settings, handle_signals=handle_signals)
-    host.asgi_app = PrefixDispatcher(host.asgi_app, prefix, app)  # type: ignore[method-assign]
+    host.asgi_app = PrefixDispatcher(  # type: ignore[method-assign, assignment]
+        host.asgi_app, prefix, app
+    )
     host.before_serving(app.startup)
     host.after_serving(app.shutdown)
     return app

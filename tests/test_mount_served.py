@@ -5,20 +5,27 @@ given. And the standalone app behind a proxy's root path (`hypercorn --root-path
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
+from playwright import sync_api
 
 from taskstream.client import Client
-from taskstream.web.launch import free_port, web_command
-from tests.harness import TERMINAL, Proc, Service, assert_contiguous, wait_ready
-from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, row, submit_from_form, wait_for_state
-
-sync_api = pytest.importorskip("playwright.sync_api")
+from tests.harness import (
+    CHROMIUM_ARGS,
+    TERMINAL,
+    Proc,
+    Service,
+    assert_contiguous,
+    free_port,
+    require_chromium,
+    wait_ready,
+    web_command,
+)
+from tests.test_dashboard import row, submit_from_form, wait_for_state
 
 
 def serve(svc: Service, name: str, cmd: list[str], port: int, ready_path: str) -> str:
@@ -85,12 +92,12 @@ def test_the_client_library_works_against_the_mount(embedded):
     assert changes[-1]["state"] == "SUCCESS"
 
 
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM}")
 def test_the_dashboard_at_jobs_submits_and_shows_a_task_live(embedded):
+    chromium = require_chromium()
     errors: list[str] = []
     requests: list[str] = []
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.set_default_timeout(20_000)
