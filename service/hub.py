@@ -1,9 +1,16 @@
 """The subscriber hub: one Redis pub/sub connection per web process, fanned out to every stream.
 
-Streams register here (in memory) before they read the record, and the hub has been subscribed to
-the change channel since the process started, so any change stored after a stream's read reaches
-that stream. When the subscription is lost, announcements may have been missed: on every
-(re)subscription the hub tells each stream to re-read the record from where it stands.
+A web process hears only what it serves: the record announces each change on the task's own
+channel (and on a common channel for `GET /events`), and the hub is subscribed to a task's channel
+exactly while this process has a stream of that task open (the common one, while it has a
+`GET /events` open). `subscribe` returns only once Redis has confirmed the channel's SUBSCRIBE,
+and streams read the record only after that, so any change stored after a stream's read reaches
+that stream. When the connection is lost, announcements may have been missed: once each channel
+is subscribed again, the hub tells its streams to re-read the record from where they stand.
+
+The connection is read with a small RESP reader of its own rather than redis-py's PubSub, whose
+per-message work (about 0.3 ms) was most of the web's CPU per change; redis-py still makes the
+connection (address, Sentinel, TLS, password).
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import time
 from collections import Counter, deque
 from typing import Any, Final
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from taskstream.keys import Keys
 from taskstream.record import Header, split_announcement
 from taskstream.states import TERMINAL
 from taskstream.web import sse
@@ -87,10 +97,11 @@ class Subscription:
     still sees every change, in order, and memory stays bounded whatever the client's speed.
     """
 
-    __slots__ = ("_closed", "_items", "_limit", "_resync", "_waiter", "task_id")
+    __slots__ = ("_closed", "_items", "_limit", "_resync", "_waiter", "channel", "task_id")
 
     def __init__(self, task_id: str | None, limit: int):
         self.task_id = task_id
+        self.channel: _Channel | None = None
         self._items: deque[Announcement] = deque()
         self._limit = limit
         self._resync = False
@@ -145,30 +156,132 @@ class Subscription:
         return self._items.popleft()
 
 
+class SubscriptionUnavailable(RedisConnectionError):
+    """Redis did not confirm a stream's subscription in time: the stream cannot start safely."""
+
+
+class _Channel:
+    """One pub/sub channel and the streams of this process that hear it."""
+
+    __slots__ = ("confirmed", "linger", "name", "resubscribed", "subs")
+
+    def __init__(self, name: bytes):
+        self.name = name
+        self.subs: set[Subscription] = set()
+        # Done once Redis confirmed the SUBSCRIBE on the current connection.
+        self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Subscribed again after a lost connection: its streams must re-read the record.
+        self.resubscribed = False
+        self.linger: asyncio.TimerHandle | None = None
+
+
+class _Resp:
+    """An incremental reader of the replies a subscribed connection gets (RESP2 or RESP3)."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.pos = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buf = self.buf[self.pos :] + data if self.pos < len(self.buf) else data
+        self.pos = 0
+
+    def _line(self) -> bytes | None:
+        end = self.buf.find(b"\r\n", self.pos)
+        if end < 0:
+            return None
+        line = self.buf[self.pos : end]
+        self.pos = end + 2
+        return line
+
+    def _item(self) -> Any:
+        """One reply, or None when it is not all here yet (pos then unchanged)."""
+        start = self.pos
+        line = self._line()
+        if line is None:
+            return None
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return b""
+            end = self.pos + n
+            if len(self.buf) < end + 2:
+                self.pos = start
+                return None
+            self.pos = end + 2
+            return self.buf[end - n : end]
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return [rest.lower()]
+        if kind == b"-":
+            raise RedisConnectionError("the change subscription got an error reply")
+        if kind == b"*" or kind == b">":  # an array, or a RESP3 push (as redis-py speaks RESP3)
+            items = []
+            for _ in range(int(rest)):
+                item = self._item()
+                if item is None:
+                    self.pos = start
+                    return None
+                items.append(item)
+            return items
+        raise RedisConnectionError("the change subscription got an unreadable reply")
+
+    def replies(self) -> list[Any]:
+        out = []
+        while self.pos < len(self.buf):
+            item = self._item()
+            if item is None:
+                break
+            out.append(item)
+        return out
+
+
+def _command(*parts: bytes) -> bytes:
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
 class Hub:
     def __init__(
         self,
         client: Any,
-        channel: str,
+        keys: Keys,
         buffer: int,
         *,
         idle_ping_seconds: float = 5.0,
         ping_timeout_seconds: float = 3.0,
+        subscribe_timeout_seconds: float = 5.0,
+        linger_seconds: float = 2.0,
     ):
+        # `client`: a redis.asyncio client whose pool makes the connection (never returned to it).
         self._client = client
-        self._channel = channel
+        self._keys = keys
+        self._all_channel = keys.channel.encode()
         self._buffer = buffer
         self._idle_ping = idle_ping_seconds
         self._ping_timeout = ping_timeout_seconds
-        self._by_task: dict[str, set[Subscription]] = {}
-        self._all: set[Subscription] = set()
+        self._subscribe_timeout = subscribe_timeout_seconds
+        # A channel left without streams stays subscribed this long, so a client that
+        # reconnects (or many opening and closing streams of one task) does not churn it.
+        self._linger = linger_seconds
+        self._channels: dict[bytes, _Channel] = {}
+        # Channels whose SUBSCRIBE was sent on the current connection, oldest first: Redis
+        # confirms in order, so each confirmation belongs to the oldest outstanding one.
+        self._pending: dict[bytes, deque[_Channel]] = {}
+        self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
         self.closing = False
-        # Counters for /metrics.
+        self._streams = 0
+        self._global_streams = 0
+        # Counters for /metrics and the benchmark.
         self.reconnects = 0
         self.delivered = 0
         self.overflows = 0
+        self.received = 0
         self.by_state: Counter[str] = Counter()
 
     @property
@@ -177,32 +290,78 @@ class Hub:
 
     @property
     def global_streams(self) -> int:
-        return len(self._all)
+        return self._global_streams
 
     @property
     def streams(self) -> int:
-        return sum(len(s) for s in self._by_task.values()) + len(self._all)
+        return self._streams
 
-    def subscribe(self, task_id: str | None) -> Subscription:
-        """Register a stream for one task's changes, or for every change with task_id=None."""
+    @property
+    def channels(self) -> int:
+        """Channels subscribed (or being subscribed) now."""
+        return len(self._channels)
+
+    def _channel_name(self, task_id: str | None) -> bytes:
+        return self._all_channel if task_id is None else self._keys.task_channel(task_id).encode()
+
+    async def subscribe(self, task_id: str | None) -> Subscription:
+        """A stream's subscription to one task's changes, or to every change with task_id=None.
+
+        Returns once Redis has confirmed the channel's subscription: from then on every change
+        announced reaches the stream. Raises SubscriptionUnavailable when that takes too long.
+        """
         sub = Subscription(task_id, self._buffer)
         if self.closing:
             sub.close()
+            return sub
+        name = self._channel_name(task_id)
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel(name)
+            self._send_subscribe(channel)
+        elif channel.linger is not None:
+            channel.linger.cancel()
+            channel.linger = None
+        channel.subs.add(sub)
+        sub.channel = channel
+        self._streams += 1
         if task_id is None:
-            self._all.add(sub)
-        else:
-            self._by_task.setdefault(task_id, set()).add(sub)
+            self._global_streams += 1
+        if not channel.confirmed.done():
+            try:
+                async with asyncio.timeout(self._subscribe_timeout):
+                    await asyncio.shield(channel.confirmed)
+            except BaseException:
+                self.unsubscribe(sub)
+                raise SubscriptionUnavailable("the change subscription is not live") from None
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        if sub.task_id is None:
-            self._all.discard(sub)
+        channel = sub.channel
+        if channel is None or sub not in channel.subs:
             return
-        subs = self._by_task.get(sub.task_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self._by_task[sub.task_id]
+        channel.subs.discard(sub)
+        sub.channel = None
+        self._streams -= 1
+        if sub.task_id is None:
+            self._global_streams -= 1
+        if not channel.subs and channel.linger is None:
+            loop = asyncio.get_running_loop()
+            channel.linger = loop.call_later(self._linger, self._drop_if_unused, channel)
+
+    def _drop_if_unused(self, channel: _Channel) -> None:
+        channel.linger = None
+        if channel.subs or self._channels.get(channel.name) is not channel:
+            return
+        del self._channels[channel.name]
+        if self._writer is not None:
+            self._writer.write(_command(b"UNSUBSCRIBE", channel.name))
+
+    def _send_subscribe(self, channel: _Channel) -> None:
+        if self._writer is None:
+            return  # subscribed when the connection is made
+        self._pending.setdefault(channel.name, deque()).append(channel)
+        self._writer.write(_command(b"SUBSCRIBE", channel.name))
 
     async def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="hub")
@@ -224,76 +383,114 @@ class Hub:
                 pass
             self._runner = None
 
-    def _dispatch(self, message: str) -> None:
-        item = Announcement.parse(message)
-        self.by_state[item.state] += 1
-        for group in (self._by_task.get(item.task_id, ()), self._all):
-            for sub in group:
-                if sub.push(item):
-                    self.delivered += 1
-                else:
-                    self.overflows += 1
-
     def close_streams(self) -> None:
         """End every open stream and refuse new ones: the process is shutting down."""
         self.closing = True
-        for subs in self._by_task.values():
-            for sub in subs:
+        for channel in self._channels.values():
+            for sub in channel.subs:
                 sub.close()
-        for sub in self._all:
-            sub.close()
 
-    def _resync_all(self) -> None:
-        for subs in self._by_task.values():
-            for sub in subs:
+    def _dispatch(self, name: bytes, message: bytes) -> None:
+        self.received += 1
+        channel = self._channels.get(name)
+        if channel is None or not channel.subs:
+            return  # left over from a channel being unsubscribed
+        item = Announcement.parse(message.decode())
+        self.by_state[item.state] += 1
+        for sub in channel.subs:
+            if sub.push(item):
+                self.delivered += 1
+            else:
+                self.overflows += 1
+
+    def _confirmed(self, name: bytes) -> None:
+        waiting = self._pending.get(name)
+        if not waiting:
+            return
+        channel = waiting.popleft()
+        if not waiting:
+            del self._pending[name]
+        if self._channels.get(name) is not channel:
+            return  # unsubscribed meanwhile; its UNSUBSCRIBE follows
+        if not channel.confirmed.done():
+            channel.confirmed.set_result(None)
+        if channel.resubscribed:
+            # Anything announced while the connection was down may be missing from these
+            # streams: each re-reads the record.
+            channel.resubscribed = False
+            for sub in channel.subs:
                 sub.resync()
-        for sub in self._all:
-            sub.resync()
+
+    def _lost(self) -> None:
+        self._live.clear()
+        self._writer = None
+        self._pending.clear()
+        for channel in self._channels.values():
+            if channel.confirmed.done():
+                channel.confirmed = asyncio.get_running_loop().create_future()
+            channel.resubscribed = True
 
     async def _run(self) -> None:
         backoff = 0.05
         while True:
-            pubsub = self._client.pubsub()
+            connection = None
             try:
-                await self._listen(pubsub)
+                connection = await self._client.connection_pool.get_connection()
+                backoff = 0.05
+                await self._serve(connection._reader, connection._writer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("change subscription lost (%s); reconnecting", type(exc).__name__)
             finally:
-                self._live.clear()
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
+                self._lost()
+                if connection is not None:
+                    try:
+                        await connection.disconnect()
+                        await self._client.connection_pool.release(connection)
+                    except Exception:
+                        pass
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             self.reconnects += 1
 
-    async def _listen(self, pubsub: Any) -> None:
-        await pubsub.subscribe(self._channel)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        for channel in self._channels.values():
+            self._send_subscribe(channel)
+        # The first PONG proves the connection works end to end: then the hub is live.
+        writer.write(_command(b"PING"))
+        ping_sent: float | None = time.monotonic()
         last_heard = time.monotonic()
-        ping_sent: float | None = None
+        resp = _Resp()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
+            try:
+                async with asyncio.timeout(1.0):
+                    data = await reader.read(1 << 16)
+            except TimeoutError:
+                data = None
             now = time.monotonic()
-            if message is None:
+            if data is None:
                 # A half-open connection reads as silence: ping it, and give up on it when the
                 # answer does not come.
                 if ping_sent is not None and now - ping_sent > self._ping_timeout:
                     raise ConnectionError("no answer to ping on the change subscription")
                 if ping_sent is None and now - last_heard > self._idle_ping:
-                    await pubsub.ping()
+                    writer.write(_command(b"PING"))
                     ping_sent = now
                 continue
+            if not data:
+                raise ConnectionError("Redis closed the change subscription")
             last_heard = now
-            ping_sent = None
-            kind = message["type"]
-            if kind == "message":
-                self._dispatch(message["data"])
-            elif kind == "subscribe":
-                # Subscribed (again): anything announced while we were not may be missing from
-                # every open stream, so each one re-reads the record.
-                self._live.set()
-                self._resync_all()
-                log.info("change subscription live on %s", self._channel)
+            resp.feed(data)
+            for reply in resp.replies():
+                kind = reply[0]
+                if kind == b"message":
+                    self._dispatch(reply[1], reply[2])
+                elif kind == b"subscribe":
+                    self._confirmed(reply[1])
+                elif kind == b"pong":
+                    ping_sent = None
+                    if not self._live.is_set():
+                        self._live.set()
+                        log.info("change subscription live")

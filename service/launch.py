@@ -141,14 +141,9 @@ def worker_command(
 
 
 def web_command(host: str, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "hypercorn", "taskstream.web.asgi:app",
-        "--bind", f"{host}:{port}",
-        "--graceful-timeout", "10",
-        "--backlog", "4096",
-        # uvloop's C transports: about half the fan-out time to thousands of streams (bench).
-        "--worker-class", "uvloop",
-    ]  # fmt: skip
+    # WEB_CONCURRENCY processes (default: one per core) on this port, each serving in its main
+    # process on uvloop (about half the fan-out time to thousands of streams; bench).
+    return [sys.executable, "-m", "taskstream.web.serve", "--bind", f"{host}:{port}"]
 
 
 def raise_open_file_limit() -> None:

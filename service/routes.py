@@ -239,12 +239,16 @@ def _options() -> StreamOptions:
     )
 
 
-def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
-    """A stream slot and a hub subscription (one task's, or all with None), and how to give
-    both back, whichever way the response ends."""
+async def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
+    """A stream slot and a hub subscription (one task's, or all with None), confirmed by Redis,
+    and how to give both back, whichever way the response ends."""
     svc = services()
     slot = svc.slots.acquire(current_caller())
-    sub = svc.hub.subscribe(task_id)
+    try:
+        sub = await svc.hub.subscribe(task_id)
+    except BaseException:
+        svc.slots.release(slot)
+        raise
 
     def cleanup() -> None:
         svc.hub.unsubscribe(sub)
@@ -262,7 +266,7 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
     if len(task_id) > _MAX_ID_LENGTH:
         raise _not_found(task_id)
     # Subscribe first, then read: a change made in between arrives on the subscription.
-    sub, cleanup = _subscribe(task_id)
+    sub, cleanup = await _subscribe(task_id)
     try:
         current = await svc.record.get(task_id)
         if current is None:
@@ -286,7 +290,7 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
 async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Response:
     svc = services()
     after = headers.resume_after(query_args)
-    sub, cleanup = _subscribe(None)
+    sub, cleanup = await _subscribe(None)
     try:
         current = await svc.record.global_seq()
         # An id beyond the current sequence comes from before Redis lost its data: start from

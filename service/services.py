@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import redis.asyncio as aioredis
 from celery import Celery
 from quart import current_app
 
+from taskstream import connections
 from taskstream.keys import Keys
 from taskstream.record import AsyncRecorder
 from taskstream.settings import Settings
@@ -45,27 +45,30 @@ class Services:
         # A small fixed pool: thousands of streams share a handful of connections, waiting their
         # turn for a connection rather than opening one each. Four keep up with one event loop
         # (bench: stream opens and submissions a second as with sixteen).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            s.redis_url,
-            decode_responses=True,
+        self.redis = connections.async_client(
+            s,
             max_connections=4,
+            decode_responses=True,
             timeout=10,
             socket_connect_timeout=5,
             socket_timeout=10,
             socket_keepalive=True,
             health_check_interval=15,
         )
-        self.redis = aioredis.Redis(connection_pool=pool)
         keys = Keys(s.key_prefix)
         self.record = AsyncRecorder(
-            self.redis, keys, s.task_ttl_seconds, s.events_retained, s.global_events_retained
+            self.redis,
+            keys,
+            s.task_ttl_seconds,
+            s.events_retained,
+            s.global_events_retained,
+            min_replicas=s.record_min_replicas,
+            replica_timeout_ms=s.record_replica_timeout_ms,
         )
-        # The subscriber uses a client of its own, so a pub/sub socket with no timeout never
-        # comes out of the shared pool.
-        sub_client = aioredis.Redis.from_url(
-            s.redis_url, decode_responses=True, socket_connect_timeout=5, socket_keepalive=True
-        )
-        self.hub = Hub(sub_client, keys.channel, s.stream_buffer)
+        # The subscriber makes its connection through a client of its own, so a pub/sub socket
+        # with no timeout never comes out of the shared pool.
+        sub_client = connections.async_client(s, socket_connect_timeout=5, socket_keepalive=True)
+        self.hub = Hub(sub_client, keys, s.stream_buffer)
         self._sub_client = sub_client
         await self.hub.start()
 

@@ -15,7 +15,7 @@ from celery import Celery
 from celery.app.utils import find_app
 from celery.signals import setup_logging
 
-from taskstream import logs
+from taskstream import connections, logs
 from taskstream.settings import Settings, SettingsError, redis_tls_options
 
 DEMO_MODULE = "taskstream.demo"
@@ -70,11 +70,17 @@ def create_celery(settings: Settings | None = None) -> Celery:
     REDIS_URL when that is unset, and everything it names lives under KEY_PREFIX."""
     settings = settings or Settings.from_env()
     prefix = settings.key_prefix
-    broker = settings.celery_broker_url or settings.redis_url
+    # CELERY_BROKER_URL, else REDIS_URL, or the master Redis Sentinel names (REDIS_SENTINELS).
+    broker, transport, sentinel_options = (
+        (settings.celery_broker_url, None, {})
+        if settings.celery_broker_url
+        else connections.broker(settings)
+    )
     app = Celery("taskstream")
     app.conf.update(
         broker_url=broker,
-        broker_use_ssl=redis_tls_options(broker),
+        broker_transport=transport,
+        broker_use_ssl=redis_tls_options(settings.celery_broker_url or settings.redis_url),
         # The event record is the only result store: clients read states from it, never from a
         # Celery backend, so there is nothing to configure (or leak) there.
         result_backend=None,
@@ -86,7 +92,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_default_queue=f"{prefix}.tasks",
         control_exchange=f"{prefix}.control",
         event_exchange=f"{prefix}.celeryev",
-        broker_transport_options=_transport_options(broker, settings),
+        broker_transport_options={**_transport_options(broker, settings), **sentinel_options},
         # Keep trying the broker forever, at start-up and after a loss, rather than exiting.
         broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
@@ -109,7 +115,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
 
 
 def _transport_options(broker: str, settings: Settings) -> dict[str, object]:
-    if urlsplit(broker).scheme not in ("redis", "rediss"):
+    if urlsplit(broker).scheme not in ("redis", "rediss", "sentinel"):
         return {}
     return {
         "visibility_timeout": settings.visibility_timeout_seconds,

@@ -37,8 +37,17 @@ class Keys:
 
     @property
     def channel(self) -> str:
-        """Where every recorded change is announced."""
+        """Where every recorded change is announced (heard only while a `GET /events` is open)."""
         return f"{self.prefix}:changes"
+
+    def task_channel(self, task_id: str) -> str:
+        """Where one task's changes are announced: a web process subscribes while it streams it."""
+        return f"{self.prefix}:changes:{task_id}"
+
+    @property
+    def epoch(self) -> str:
+        """Names the current history of global seqs; lost with the data, so a reset shows."""
+        return f"{self.prefix}:epoch"
 
     def rate(self, caller: str, window: int) -> str:
         """One caller's submissions counted in one rate-limit window."""

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from taskstream.keys import Keys
 from taskstream.states import TaskState, lua_terminal_check
 
@@ -52,8 +54,9 @@ end
 )
 
 # KEYS: task hash, task log, global counter, global log, recent index
-# ARGV: channel, ttl, retain, global retain, mode, score, n_set, retries guard ('' for none), then
-#       n_set field/value pairs to set, then field/value pairs to set only where absent.
+# ARGV: channel, ttl, retain, global retain, mode, score, n_set, retries guard ('' for none), the
+#       task's own channel, then n_set field/value pairs to set, then field/value pairs to set
+#       only where absent.
 _LUA_RECORD = (
     _LUA_SNAPSHOT
     + """
@@ -76,8 +79,8 @@ else
     return {4, snapshot(task_key)}
   end
 end
-local i = 9
-local stop = 9 + 2 * tonumber(ARGV[7])
+local i = 10
+local stop = 10 + 2 * tonumber(ARGV[7])
 while i < stop do
   redis.call('HSET', task_key, ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -101,7 +104,11 @@ if mode == 'create' then
 end
 local header = g .. ' ' .. seq .. ' ' .. redis.call('HGET', task_key, 'id') .. ' '
   .. redis.call('HGET', task_key, 'state') .. ' ' .. (redis.call('HGET', task_key, 'owner') or '""')
-redis.call('PUBLISH', channel, header .. '\\n' .. data)
+local message = header .. '\\n' .. data
+-- The task's channel reaches the web processes streaming this task; the common one, those with a
+-- `GET /events` open. A channel nobody listens to costs Redis next to nothing.
+redis.call('PUBLISH', ARGV[9], message)
+redis.call('PUBLISH', channel, message)
 return {1, data, g}
 """
 )
@@ -203,15 +210,35 @@ def new_task_fields(
     return fields
 
 
-class _Base:
-    """What both recorders share. `client` must decode responses (decode_responses=True)."""
+class NotReplicated(RedisError):
+    """The change is recorded on the master, but fewer replicas than asked have confirmed it."""
 
-    def __init__(self, client: Any, keys: Keys, ttl: int, retain: int, global_retain: int):
+
+class _Base:
+    """What both recorders share. `client` must decode responses (decode_responses=True).
+
+    With `min_replicas`, a change is acknowledged only once that many replicas have it (Redis
+    WAIT on the same connection, so it covers exactly this write); else NotReplicated.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        ttl: int,
+        retain: int,
+        global_retain: int,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 1_000,
+    ):
         self.client = client
         self.keys = keys
         self._ttl = ttl
         self._retain = retain
         self._global_retain = global_retain
+        self._min_replicas = min_replicas
+        self._replica_timeout_ms = replica_timeout_ms
         self._record = client.register_script(_LUA_RECORD)
         self._read = client.register_script(_LUA_READ)
 
@@ -228,11 +255,19 @@ class _Base:
             repr(change.score),
             len(to_set),
             "" if change.only_if_retries_below is None else change.only_if_retries_below,
+            keys.task_channel(tid),
         ]
         for pairs in (to_set, change.set_if_absent):
             for name, value in pairs.items():
                 args += (name, dumps(value))
         return [keys.task(tid), keys.log(tid), keys.global_seq, keys.global_log, keys.recent], args
+
+    def _replicated(self, raw: list[Any], acknowledged: int) -> list[Any]:
+        if int(raw[0]) == Status.RECORDED and acknowledged < self._min_replicas:
+            raise NotReplicated(
+                f"{acknowledged} of {self._min_replicas} replicas confirmed the change in time"
+            )
+        return raw
 
     @staticmethod
     def _outcome(raw: list[Any]) -> Outcome:
@@ -251,7 +286,13 @@ class Recorder(_Base):
 
     def record(self, change: Change) -> Outcome:
         keys, args = self._record_call(change)
-        return self._outcome(self._record(keys=keys, args=args))
+        if not self._min_replicas:
+            return self._outcome(self._record(keys=keys, args=args))
+        with self.client.pipeline(transaction=False) as pipe:
+            self._record(keys=keys, args=args, client=pipe)
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            raw, acknowledged = pipe.execute()
+        return self._outcome(self._replicated(raw, acknowledged))
 
     def get(self, task_id: str) -> str | None:
         return self._read(keys=[self.keys.task(task_id)])[0] or None
@@ -262,7 +303,13 @@ class AsyncRecorder(_Base):
 
     async def record(self, change: Change) -> Outcome:
         keys, args = self._record_call(change)
-        return self._outcome(await self._record(keys=keys, args=args))
+        if not self._min_replicas:
+            return self._outcome(await self._record(keys=keys, args=args))
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self._record(keys=keys, args=args, client=pipe)
+            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            raw, acknowledged = await pipe.execute()
+        return self._outcome(self._replicated(raw, acknowledged))
 
     async def get(self, task_id: str) -> str | None:
         return (await self._read(keys=[self.keys.task(task_id)]))[0] or None

@@ -9,6 +9,7 @@ from celery import Celery
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from taskstream.connections import sync_client
 from taskstream.keys import Keys
 from taskstream.record import Recorder
 from taskstream.settings import Settings
@@ -29,8 +30,8 @@ def recorder(app: Celery) -> Recorder:
     if cached is not None and cached[0] == os.getpid():
         return cached[1]
     settings = settings_of(app)
-    client = redis.Redis.from_url(
-        settings.redis_url,
+    client = sync_client(
+        settings,
         decode_responses=True,
         socket_timeout=10,
         socket_connect_timeout=2,
@@ -46,6 +47,8 @@ def recorder(app: Celery) -> Recorder:
         settings.task_ttl_seconds,
         settings.events_retained,
         settings.global_events_retained,
+        min_replicas=settings.record_min_replicas,
+        replica_timeout_ms=settings.record_replica_timeout_ms,
     )
     app._taskstream_recorder = (os.getpid(), rec)
     return rec

@@ -7,6 +7,7 @@ silently to a default.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from typing import Annotated, Any, Literal
@@ -66,6 +67,18 @@ class Settings(BaseSettings):
     submittable_tasks: Annotated[tuple[str, ...], NoDecode] = ()
     # The demonstration tasks (add, sleep, fail, flaky); false leaves them out.
     demo_tasks: bool = True
+    # Redis Sentinel ("host:port,host:port"): when set, the record, the hub and Celery's broker
+    # ask these for the master named REDIS_SENTINEL_MASTER, and follow it through a failover.
+    # REDIS_URL then gives only the password, database and TLS options of the master.
+    redis_sentinels: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    redis_sentinel_master: str = Field("mymaster", min_length=1)
+    # A recorded change is acknowledged only once this many replicas have it (Redis WAIT), so a
+    # failover cannot lose it; 0 = asynchronous replication, as Redis does by default.
+    record_min_replicas: int = Field(0, ge=0)
+    # How long a change waits for those replicas before its recording fails (and is retried).
+    record_replica_timeout_ms: int = Field(1_000, ge=1)
+    # Web processes `make run` and the Procfile start on PORT; 0 = one per CPU core.
+    web_concurrency: int = Field(0, ge=0)
     # Where `make run` and the launcher bind the web; with authentication off, keep it loopback.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -125,6 +138,21 @@ class Settings(BaseSettings):
             return value
         return value.upper() if info.field_name == "log_level" else value.lower()
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _host_ports(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        found = []
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {item!r}")
+            found.append((host.strip("[]"), int(port)))
+        return tuple(found)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -163,6 +191,10 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise SettingsError(_describe(exc)) from None
+
+    @property
+    def web_processes(self) -> int:
+        return self.web_concurrency or os.cpu_count() or 1
 
     @property
     def auth_enabled(self) -> bool:

@@ -159,6 +159,9 @@ class Service:
             KEY_PREFIX=self.prefix,
             PYTHONUNBUFFERED="1",
             LOG_LEVEL="INFO",
+            # One process per web the test starts, so each answers for itself (tests that run
+            # several on one port set it).
+            WEB_CONCURRENCY="1",
         )
         env.update(self.extra_env)
         return env

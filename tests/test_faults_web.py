@@ -139,6 +139,8 @@ def test_metrics_follow_streams_and_tasks(service):
         opened = metric(service.url, "open_streams")
         assert b'"state"' in next(chunks)
         assert opened >= 1
+        # This process hears the task's changes while it streams it: follow it to the end.
+        assert any(b'"SUCCESS"' in chunk for chunk in chunks)
     poll_until_done(service.url, snap["id"])
     assert metric(service.url, "tasks_submitted_total") == before_submitted + 1
     assert metric(service.url, "subscriber_live") == 1

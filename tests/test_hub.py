@@ -1,10 +1,21 @@
-"""Units of the subscriber hub: bounded buffers and resync."""
+"""Units of the subscriber hub, against a real Redis: bounded buffers, resync, and which
+channels one process is subscribed to (exactly those of the streams it serves)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
 
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from taskstream.keys import Keys
+from taskstream.record import Change, Recorder, new_task_fields, utcnow
 from taskstream.web.hub import RESYNC, Announcement, Hub, Subscription
+from tests.harness import new_prefix
 
 
 def announcement(seq: int, task_id: str = "t") -> Announcement:
@@ -29,17 +40,140 @@ async def test_next_wakes_on_push():
     assert (await waiter).seq == 1
 
 
-def test_dispatch_reaches_the_task_and_the_global_subscribers_only():
-    hub = Hub(client=None, channel="c", buffer=10)
-    mine = hub.subscribe("a")
-    other = hub.subscribe("b")
-    everything = hub.subscribe(None)
-    hub._dispatch('7 2 "a" "STARTED" ""\n{"id":"a"}')
-    assert [i.seq for i in mine._items] == [2]
-    assert list(other._items) == []
-    assert [i.global_seq for i in everything._items] == [7]
-    hub.unsubscribe(mine)
-    hub.unsubscribe(other)
+@pytest.fixture
+async def hub(redis_url: str) -> AsyncIterator[Hub]:
+    client = aioredis.Redis.from_url(redis_url)
+    hub = Hub(client, Keys(new_prefix()), buffer=100, linger_seconds=0.05)
+    await hub.start()
+    assert await hub.wait_live(5)
+    yield hub
+    await hub.stop()
+    await client.aclose()
+
+
+@pytest.fixture
+def sync_redis(redis_url: str):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def subscribers(client: redis.Redis, channel: str) -> int:
+    return dict(client.pubsub_numsub(channel))[channel]
+
+
+def record_change(client: redis.Redis, keys: Keys, task_id: str) -> None:
+    """Record a change of `task_id` as a worker does: stored, then announced on its channels."""
+    recorder = Recorder(client, keys, ttl=60, retain=1000, global_retain=1000)
+    fields = new_task_fields(task_id, "sleep", utcnow())
+    recorder.record(Change(task_id, fields, create=True, score=time.time()))
+
+
+async def until(condition, wait: float = 5.0) -> None:
+    deadline = time.monotonic() + wait
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_subscribe_returns_only_once_redis_has_confirmed_the_channel(hub, sync_redis):
+    keys = hub._keys
+    sub = await hub.subscribe("a")
+    # No waiting here: the subscription is in place when subscribe() returns.
+    assert subscribers(sync_redis, keys.task_channel("a")) == 1
+    record_change(sync_redis, keys, "a")
+    item = await sub.next(5)
+    assert isinstance(item, Announcement)
+    assert (item.task_id, item.seq, item.state) == ("a", 1, "PENDING")
+
+
+async def test_a_process_hears_only_the_tasks_it_streams(hub, sync_redis):
+    keys = hub._keys
+    mine = await hub.subscribe("a")
+    for n in range(20):
+        record_change(sync_redis, keys, f"other-{n}")
+    record_change(sync_redis, keys, "a")
+    item = await mine.next(5)
+    assert isinstance(item, Announcement) and item.task_id == "a"
+    # Not one message of the other tasks (nor of the common channel) reached this process.
+    assert hub.received == 1
+    assert subscribers(sync_redis, keys.channel) == 0
+
+
+async def test_the_common_channel_is_heard_only_while_a_global_stream_is_open(hub, sync_redis):
+    keys = hub._keys
+    everything = await hub.subscribe(None)
+    assert subscribers(sync_redis, keys.channel) == 1
+    record_change(sync_redis, keys, "x")
+    item = await everything.next(5)
+    assert isinstance(item, Announcement) and item.global_seq >= 1
     hub.unsubscribe(everything)
-    assert hub.streams == 0
-    assert hub._by_task == {}
+    assert hub.streams == 0 and hub.global_streams == 0
+    await until(lambda: subscribers(sync_redis, keys.channel) == 0)
+    assert hub.channels == 0
+
+
+async def test_a_channel_lingers_briefly_then_is_unsubscribed(hub, sync_redis):
+    channel = hub._keys.task_channel("a")
+    first = await hub.subscribe("a")
+    second = await hub.subscribe("a")
+    hub.unsubscribe(first)
+    await asyncio.sleep(0.1)
+    assert subscribers(sync_redis, channel) == 1  # one stream still open
+    hub.unsubscribe(second)
+    again = await hub.subscribe("a")  # back within the linger: nothing was unsubscribed
+    await asyncio.sleep(0.1)
+    assert subscribers(sync_redis, channel) == 1
+    hub.unsubscribe(again)
+    await until(lambda: subscribers(sync_redis, channel) == 0)
+    assert hub._channels == {} and hub._pending == {}
+
+
+async def test_subscribing_again_right_after_an_unsubscribe_waits_for_its_own_confirmation(
+    hub, sync_redis
+):
+    # SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE in flight at once: the first confirmation must not be
+    # taken for the last one, or the stream would read the record while unsubscribed.
+    keys = hub._keys
+    for n in range(20):
+        task_id = f"churn-{n}"
+        sub = await hub.subscribe(task_id)
+        hub.unsubscribe(sub)
+        hub._drop_if_unused(sub_channel := hub._channels[keys.task_channel(task_id).encode()])
+        assert sub_channel.name not in hub._channels
+        again = await hub.subscribe(task_id)
+        assert subscribers(sync_redis, keys.task_channel(task_id)) == 1
+        record_change(sync_redis, keys, task_id)
+        item = await again.next(5)
+        assert isinstance(item, Announcement) and item.task_id == task_id
+        hub.unsubscribe(again)
+
+
+async def test_a_lost_connection_resubscribes_and_tells_every_stream_to_resync(hub, sync_redis):
+    keys = hub._keys
+    sub = await hub.subscribe("a")
+    everything = await hub.subscribe(None)
+    killed = sync_redis.client_kill_filter(_type="pubsub", skipme=True)
+    assert killed >= 1
+    # Every stream is told to re-read what it may have missed, once subscribed again.
+    assert await sub.next(10) is RESYNC
+    assert await everything.next(10) is RESYNC
+    assert hub.live and hub.reconnects >= 1
+    assert subscribers(sync_redis, keys.task_channel("a")) == 1
+    record_change(sync_redis, keys, "a")
+    item = await sub.next(5)
+    assert isinstance(item, Announcement) and item.task_id == "a"
+
+
+async def test_a_stream_opened_while_redis_is_unreachable_is_refused(redis_url):
+    # Nothing listens on this port: the hub is never live, and a stream cannot start blind.
+    client = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+    hub = Hub(client, Keys(f"t{uuid.uuid4().hex[:6]}"), buffer=10, subscribe_timeout_seconds=0.3)
+    await hub.start()
+    try:
+        with pytest.raises(redis.ConnectionError):
+            await hub.subscribe("a")
+        assert hub.streams == 0 and not hub.live
+    finally:
+        await hub.stop()
+        await client.aclose()

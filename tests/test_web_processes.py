@@ -1,0 +1,101 @@
+"""WEB_CONCURRENCY web processes on one port, each serving in its main process: SIGTERM sent to
+the main pid only (as kill, Docker, Kubernetes and supervisord send it) ends every open stream at
+once, every process exits within a couple of seconds, and clients resume on another web."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from httpx_sse import connect_sse
+
+from taskstream.web.launch import free_port, web_command
+from tests.harness import Proc, assert_contiguous, read_stream, submit, wait_ready
+
+
+def siblings(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_to_the_main_pid_ends_every_stream_at_once_and_clients_resume(make_service):
+    svc = make_service()
+    svc.start_worker(concurrency=4)
+    port = free_port()
+    env = dict(svc.env, WEB_CONCURRENCY="2")
+    main = Proc("web-pair", web_command("127.0.0.1", port), env, svc.log_dir).start()
+    svc.webs.append(main)
+    svc.ports.append(port)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base, main)
+    other = svc.start_web()  # where clients go once the pair is gone
+    assert other
+    pair = [main.pid, *siblings(main.pid)]
+    assert len(pair) == 2, "WEB_CONCURRENCY=2 runs two processes"
+
+    tasks = [submit(base, "sleep", seconds=10, steps=50)["id"] for _ in range(4)]
+    got: dict[str, list[tuple[int, dict]]] = {t: [] for t in tasks}
+    ended: dict[str, float] = {}
+
+    def follow(task_id: str) -> None:
+        with (
+            httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
+            connect_sse(client, "GET", f"{base}/tasks/{task_id}/events?last_event_id=0") as source,
+        ):
+            for event in source.iter_sse():
+                if event.data:
+                    got[task_id].append((int(event.id), json.loads(event.data)))
+        ended[task_id] = time.monotonic()
+
+    # Several streams: the kernel spreads them over both processes of the port.
+    threads = [threading.Thread(target=follow, args=(t,)) for t in tasks]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while not all(len(got[t]) >= 3 for t in tasks):
+        assert time.monotonic() < deadline, "streams did not start"
+        time.sleep(0.05)
+
+    signalled = time.monotonic()
+    os.kill(main.pid, signal.SIGTERM)  # the main pid only, not its group
+    for t in threads:
+        t.join(10)
+    assert all(not t.is_alive() for t in threads)
+    assert max(ended.values()) - signalled < 2.0, "streams did not end at once"
+    main.popen.wait(5)
+    exited = time.monotonic() - signalled
+    assert exited < 3.0, f"the main process took {exited:.1f} s to exit"
+    deadline = time.monotonic() + 3
+    while any(alive(pid) for pid in pair[1:]):
+        assert time.monotonic() < deadline, "a sibling web process outlived the main one"
+        time.sleep(0.05)
+
+    for task_id in tasks:
+        seen = got[task_id]
+        # Ended mid-task, not by finishing.
+        assert seen[-1][1]["state"] != "SUCCESS"
+        rest = read_stream(svc.url_of(1), task_id, headers={"Last-Event-ID": str(seen[-1][0])})
+        assert_contiguous([i for i, _ in seen + rest], first=1)
+        assert rest[-1][1]["state"] == "SUCCESS"
