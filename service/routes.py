@@ -28,7 +28,13 @@ from taskstream.web.problems import Problem, field_errors
 from taskstream.web.security import check_submission_rate, current_caller
 from taskstream.web.services import services
 from taskstream.web.snapshots import linked, links
-from taskstream.web.streams import StreamBody, StreamOptions, global_stream, task_stream
+from taskstream.web.streams import (
+    StreamBody,
+    StreamOptions,
+    global_stream,
+    history_epoch,
+    task_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +299,11 @@ async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Respons
     sub, cleanup = await _subscribe(None)
     try:
         current = await svc.record.global_seq()
+        epoch = await history_epoch(svc.record)
+        # A client that names the epoch its id came from, and it is not the current one: Redis
+        # lost its history since, so the id means nothing now; start at the new history's start.
+        if after is not None and request.args.get("epoch", epoch) != epoch:
+            after = 0
         # An id beyond the current sequence comes from before Redis lost its data: start from
         # now rather than wait, silently, for the sequence to catch up with it.
         if after is None or after > current:
@@ -300,7 +311,9 @@ async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Respons
     except BaseException:
         cleanup()
         raise
-    body = global_stream(sub, svc.record, after, _options(), visible=current_caller().sees)
+    body = global_stream(
+        sub, svc.record, after, _options(), visible=current_caller().sees, epoch=epoch
+    )
     return _stream_response(StreamBody(body, cleanup))
 
 

@@ -15,3 +15,11 @@ def event(event_id: int, data: str) -> bytes:
 
 def retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
+
+
+def named(name: str, data: str) -> bytes:
+    """An event of its own type, with no id: EventSource hands it only to listeners of `name`
+    (never to onmessage), and it leaves the id a reconnection resumes from as it was."""
+    if "\n" in data or "\r" in data or "\n" in name:
+        raise ValueError("SSE fields must be single lines")
+    return f"event: {name}\ndata: {data}\n\n".encode()

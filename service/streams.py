@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -170,15 +171,41 @@ async def _catch_up(
     return _CatchUp(frames, last_seq, _is_terminal(last_data))
 
 
+async def history_epoch(record: AsyncRecorder) -> str:
+    """The name of the current history of global seqs, made by whoever asks first.
+
+    It lives in Redis next to the global log and is lost with it: when Redis loses its data, the
+    global seqs start again from 1 under a new epoch, and a client that kept the old one knows
+    that its last id means nothing any more.
+    """
+    key = record.keys.epoch
+    async with record.client.pipeline(transaction=True) as pipe:
+        pipe.setnx(key, uuid.uuid4().hex)
+        pipe.get(key)
+        _, epoch = await pipe.execute()
+    return epoch
+
+
+def _epoch_event(epoch: str) -> bytes:
+    return sse.named("epoch", json.dumps({"epoch": epoch}))
+
+
 async def global_stream(
     sub: Subscription,
     record: AsyncRecorder,
     after: int,
     options: StreamOptions,
     visible: Callable[[str], bool] = lambda owner: True,
+    epoch: str = "",
 ) -> AsyncIterator[bytes]:
-    """Every change of every task the caller may see, after global sequence `after`, forever."""
+    """Every change of every task the caller may see, after global sequence `after`, forever.
+
+    The stream announces its history's epoch first (an `epoch` event). If Redis loses its data
+    while the stream is open, it announces the new epoch and goes on from the new history's
+    first change, so the ids restart visibly rather than silently skipping what is new.
+    """
     yield sse.retry(options.retry_ms)
+    yield _epoch_event(epoch)
     seen = after
     while True:
         # Catch up from the stored global log, then follow the hub.
@@ -198,6 +225,11 @@ async def global_stream(
             if item is CLOSE:
                 return
             if not isinstance(item, Announcement) or item.global_seq > seen + 1:
+                # Redis was away (or this stream fell behind): was its history lost meanwhile?
+                now = await _patiently(history_epoch, record)
+                if now != epoch:
+                    epoch, seen = now, 0
+                    yield _epoch_event(epoch)
                 break
             assert isinstance(item, Announcement)
             if item.global_seq <= seen:

@@ -155,7 +155,7 @@ def test_global_stream_resumes_after_an_id_and_starts_now_for_an_id_from_the_fut
             connect_sse(client, "GET", f"{service.url}/events{query}") as source,
         ):
             for sse in source.iter_sse():
-                if sse.data and json.loads(sse.data)["id"] == task_id:
+                if sse.event == "message" and sse.data and json.loads(sse.data)["id"] == task_id:
                     return int(sse.id)
         raise AssertionError("stream ended")
 
