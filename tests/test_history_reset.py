@@ -11,14 +11,13 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from taskstream.web.launch import PrivateRedis, wait_until_ready
-from tests.harness import Service, poll_until_done, submit
+from tests.harness import RedisServer, Service, poll_until_done, submit, wait_until_ready
 
 
 @pytest.fixture
 def forgetful_redis():
     # No persistence: a restart loses every key, as a Redis without disk or replicas does.
-    server = PrivateRedis().start()
+    server = RedisServer().start()
     yield server
     server.stop()
 

@@ -18,16 +18,15 @@ import pytest
 import redis
 from httpx_sse import connect_sse
 
-from taskstream.web.launch import PrivateRedis, free_port
-from tests.harness import Service, assert_contiguous, poll_until_done
+from tests.harness import RedisServer, Service, assert_contiguous, free_port, poll_until_done
 
 MASTER = "tsmaster"
 
 
 @dataclass
 class SentinelSetup:
-    master: PrivateRedis
-    replicas: list[PrivateRedis]
+    master: RedisServer
+    replicas: list[RedisServer]
     sentinel: subprocess.Popen[bytes]
     sentinel_port: int
 
@@ -43,9 +42,9 @@ class SentinelSetup:
 def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
     binary = shutil.which("redis-server")
     assert binary, "redis-server (Debian's package) is needed for the Sentinel test"
-    master = PrivateRedis(binary=binary).start()
+    master = RedisServer(binary=binary).start()
     replicas = [
-        PrivateRedis(binary=binary, extra_args=["--replicaof", "127.0.0.1", str(master.port)])
+        RedisServer(binary=binary, extra_args=["--replicaof", "127.0.0.1", str(master.port)])
         for _ in range(2)
     ]
     for replica in replicas:
