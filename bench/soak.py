@@ -1,8 +1,9 @@
 """`make soak`: many tasks and watchers while faults are injected at random; then the verdict.
 
 Two web processes and two workers on a private, persistent Redis. Tasks of every kind are
-submitted steadily; each gets watchers that join at random moments and follow it like
-EventSource does (on any error, reconnect to either web process with Last-Event-ID). Meanwhile a
+submitted steadily; each gets watchers that join at random moments and follow it with the
+client's follower, streaming only, like EventSource (on any error, reconnect to either web process
+with Last-Event-ID). Meanwhile a
 worker is SIGKILLed and replaced, a web process is restarted, Redis is restarted. At the end,
 every watcher of every task must have seen contiguous ids and exactly one terminal state, last.
 
@@ -12,7 +13,6 @@ every watcher of every task must have seen contiguous ids and exactly one termin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import tempfile
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from httpx_sse import connect_sse
 
+from taskstream.client import Client, FollowOptions, TaskstreamError
 from tests.harness import ROOT, TERMINAL, RedisServer, Service
 
 
@@ -48,39 +48,41 @@ class Watch:
     ids: list[int] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
     reconnects: int = 0
+    # Changes the service sent twice, or that never came (the client's follower counts them).
+    repeated: int = 0
+    skipped: int = 0
     done: bool = False
 
 
+class EitherWeb(httpx.HTTPTransport):
+    """Each request to either web process at random, as a load balancer would: a stream that
+    breaks resumes on whichever process the next request reaches."""
+
+    def __init__(self, ports: list[int], rng: random.Random):
+        super().__init__()
+        self.ports, self.rng = ports, rng
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(port=self.rng.choice(self.ports))
+        return super().handle_request(request)
+
+
 def watch(stack: Stack, w: Watch, delay: float, rng: random.Random, deadline: float) -> None:
+    """Follow the task with taskstream's client, streaming only (never polling), as EventSource
+    does: on any error, reconnect with Last-Event-ID."""
     time.sleep(delay)
-    last: int | None = None
-    while time.monotonic() < deadline:
-        base = stack.url_of(rng.randrange(2))
-        headers = {} if last is None else {"Last-Event-ID": str(last)}
+    options = FollowOptions(patience=deadline - time.monotonic(), stream_attempts=1_000_000)
+    with Client(stack.url, transport=EitherWeb(stack.ports, rng)) as client:
+        follow = client.follow(w.task_id, options=options)
         try:
-            with (
-                httpx.Client(timeout=httpx.Timeout(30, connect=2)) as client,
-                connect_sse(client, "GET", f"{base}/tasks/{w.task_id}/events",
-                            headers=headers) as source,
-            ):  # fmt: skip
-                if source.response.status_code == 204:
-                    w.done = True
-                    return
-                source.response.raise_for_status()
-                for sse in source.iter_sse():
-                    if not sse.data:
-                        continue
-                    snapshot = json.loads(sse.data)
-                    w.ids.append(int(sse.id))
-                    w.states.append(snapshot["state"])
-                    last = int(sse.id)
-                    if snapshot["state"] in TERMINAL:
-                        w.done = True
-                        return
-        except httpx.HTTPError:
+            for snapshot in follow:
+                w.ids.append(snapshot["seq"])
+                w.states.append(snapshot["state"])
+            w.done = True
+        except TaskstreamError:
             pass
-        w.reconnects += 1
-        time.sleep(0.2 + rng.random() * 0.5)
+        w.reconnects = follow.stats.reconnects
+        w.repeated, w.skipped = follow.stats.repeated, follow.stats.skipped
 
 
 def submit(stack: Stack, rng: random.Random) -> str | None:
@@ -155,7 +157,8 @@ def main() -> int:
     for w in watches:
         contiguous = w.ids == list(range(w.ids[0], w.ids[0] + len(w.ids))) if w.ids else False
         terminals = sum(s in TERMINAL for s in w.states)
-        if not (w.done and contiguous and terminals == 1 and w.states[-1] in TERMINAL):
+        faithful = w.repeated == 0 and w.skipped == 0
+        if not (w.done and faithful and contiguous and terminals == 1 and w.states[-1] in TERMINAL):
             violations.append(w)
     tasks = {w.task_id for w in watches}
     endings = Counter(w.states[-1] for w in watches if w.states)

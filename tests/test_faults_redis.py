@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 
+from taskstream.client import Client, Follow, FollowOptions
 from tests.harness import (
     TERMINAL,
     RedisServer,
@@ -29,30 +28,12 @@ def durable_redis():
     server.stop()
 
 
-def follow(base: str, task_id: str, out: list[tuple[int, dict]], stop: threading.Event) -> None:
-    """A client that reconnects with Last-Event-ID whenever its stream breaks, as EventSource."""
-    last: int | None = None
-    while not stop.is_set():
-        headers = {} if last is None else {"Last-Event-ID": str(last)}
-        query = "?last_event_id=0" if last is None else ""
-        try:
-            with (
-                httpx.Client(timeout=httpx.Timeout(30, connect=2)) as client,
-                connect_sse(client, "GET", f"{base}/tasks/{task_id}/events{query}",
-                            headers=headers) as source,
-            ):  # fmt: skip
-                if source.response.status_code == 204:
-                    return
-                source.response.raise_for_status()
-                for sse in source.iter_sse():
-                    if sse.data:
-                        event = (int(sse.id), json.loads(sse.data))
-                        out.append(event)
-                        last = event[0]
-                        if event[1]["state"] in TERMINAL:
-                            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
+# Streaming only, as EventSource does: the proof is that the streams alone lose nothing.
+STREAM_ONLY = FollowOptions(patience=60, stream_attempts=1_000)
+
+
+def collect(follow: Follow, out: list[dict]) -> None:
+    out.extend(follow)
 
 
 def wait_ready(base: str, status: int, timeout: float) -> None:
@@ -65,10 +46,11 @@ def test_redis_restart_mid_task(durable_redis, tmp_path):
         svc.start_worker(concurrency=1)
         svc.start_web()
         snap = submit(svc.url, "sleep", seconds=4, steps=16)
-        seen: list[tuple[int, dict]] = []
-        stop = threading.Event()
-        client = threading.Thread(target=follow, args=(svc.url, snap["id"], seen, stop))
-        client.start()
+        seen: list[dict] = []
+        client = Client(svc.url)
+        follow = client.follow(snap["id"], after=0, options=STREAM_ONLY)
+        follower = threading.Thread(target=collect, args=(follow, seen), daemon=True)
+        follower.start()
         while len(seen) < 5:
             time.sleep(0.05)
 
@@ -79,11 +61,12 @@ def test_redis_restart_mid_task(durable_redis, tmp_path):
         durable_redis.start()
         wait_ready(svc.url, 200, timeout=20)
 
-        client.join(60)
-        stop.set()
-        ids = [i for i, _ in seen]
+        follower.join(60)
+        client.close()
+        ids = [s["seq"] for s in seen]
         assert_contiguous(ids, first=1)
-        states = [s["state"] for _, s in seen]
+        assert follow.stats.repeated == 0
+        states = [s["state"] for s in seen]
         assert states[-1] == "SUCCESS"
         assert sum(s in TERMINAL for s in states) == 1
         assert poll_until_done(svc.url, snap["id"])["seq"] == ids[-1]
