@@ -124,7 +124,7 @@ async def submit() -> Response:
                       kind="arguments-too-large")  # fmt: skip
     s = svc.settings
     await check_submission_rate(
-        svc.redis, s.key_prefix, s.submissions_per_window, s.rate_limit_window_seconds
+        svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     task_id = str(uuid.uuid4())
     now = utcnow()

@@ -4,12 +4,12 @@ abuse (submissions per caller, open streams per caller and per process). See doc
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from urllib.parse import urlsplit
 
 from quart import Quart, Response, g, request
 
+from taskstream.keys import Keys
 from taskstream.web.auth import LOCAL, Authenticator, Caller
 from taskstream.web.problems import Problem
 
@@ -105,15 +105,17 @@ def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> N
         return response
 
 
-async def check_submission_rate(redis: object, prefix: str, limit: int, window: int) -> None:
-    """A fixed window per caller, counted in Redis so it holds across web processes."""
+async def check_submission_rate(
+    redis: object, keys: Keys, limit: int, window: int, now: float
+) -> None:
+    """A fixed window per caller, counted in Redis so it holds across web processes. `now` comes
+    from the app's clock (Services.clock), which tests set instead of waiting for a window."""
     if limit <= 0:
         return
     caller = current_caller()
     who = caller.name or f"addr:{request.remote_addr}"
-    now = time.time()
     slot = int(now // window)
-    key = f"{prefix}:rate:{who}:{slot}"
+    key = keys.rate(who, slot)
     count = await redis.incr(key)  # type: ignore[attr-defined]
     if count == 1:
         await redis.expire(key, window + 1)  # type: ignore[attr-defined]

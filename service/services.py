@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,11 +36,14 @@ class Services:
         default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="celery-publish")
     )
     metrics: Metrics = field(default_factory=Metrics)
+    # Wall-clock time for windows (the submission limit); tests set their own instead of waiting.
+    clock: Callable[[], float] = time.time
     auth: Authenticator = field(init=False)
     slots: StreamSlots = field(init=False)
     redis: Any = None
     record: AsyncRecorder = field(init=False)
     hub: Hub = field(init=False)
+    keys: Keys = field(init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -55,7 +60,7 @@ class Services:
             socket_keepalive=True,
             health_check_interval=15,
         )
-        keys = Keys(s.key_prefix)
+        keys = self.keys = Keys(s.key_prefix)
         self.record = AsyncRecorder(
             self.redis,
             keys,

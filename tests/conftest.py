@@ -1,14 +1,31 @@
-"""Fixtures for the end-to-end tests; the processes and helpers they use are in harness.py."""
+"""Fixtures: real processes for end-to-end tests (started by harness.py), and the app in this
+process (`app`, `make_app`) for HTTP behaviour that needs no socket, which is much faster.
+
+Every deployment and app has a key prefix of its own, so tests may run in parallel processes
+(`make test` runs two, pytest-xdist) against one Redis.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
+from quart import Quart
 
-from tests.harness import PrivateRabbit, RedisServer, Service, rabbitmq_answers, redis_answers
+from taskstream.settings import Settings
+from taskstream.web.app import create_app
+from tests.harness import (
+    PrivateRabbit,
+    RedisServer,
+    Service,
+    new_prefix,
+    rabbitmq_answers,
+    redis_answers,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,12 +60,8 @@ def rabbitmq_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def service(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One web process and one worker (4 pool processes), shared by the session's tests."""
     svc = Service(redis_url, tmp_path_factory.mktemp("service"))
-    try:
-        svc.start_worker(concurrency=4)
-        svc.start_web()
+    with svc.running():
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture
@@ -66,3 +79,26 @@ def make_service(redis_url: str, tmp_path: Path) -> Iterator[object]:
     finally:
         for svc in made:
             svc.stop()
+
+
+@pytest.fixture(scope="session")
+async def app(redis_url: str) -> AsyncIterator[Quart]:
+    """The web app in this process, started (Redis client, hub) but served without a socket:
+    `app.test_client()`. Shared by the session; no worker runs its tasks (they stay queued)."""
+    served = create_app(Settings.from_env(redis_url=redis_url, key_prefix=new_prefix()))
+    async with served.test_app():
+        yield served
+
+
+@pytest.fixture
+async def make_app(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[Quart]]]:
+    """A factory for a started app of a test's own, with its own settings (field names)."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**settings: Any) -> Quart:
+            settings.setdefault("key_prefix", new_prefix())
+            made = create_app(Settings.from_env(redis_url=redis_url, **settings))
+            await stack.enter_async_context(made.test_app())
+            return made
+
+        yield make

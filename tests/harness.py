@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,6 +214,17 @@ class Service:
         self.webs[index] = proc
         wait_ready(self.url_of(index), proc)
         return proc
+
+    @contextmanager
+    def running(self, concurrency: int = 4, webs: int = 1) -> Iterator[Service]:
+        """A worker and `webs` web processes for the block; everything stops when it ends."""
+        try:
+            self.start_worker(concurrency)
+            for _ in range(webs):
+                self.start_web()
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for proc in self.webs + self.workers:

@@ -38,12 +38,8 @@ def sample(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         DEMO_TASKS="false",
         **project_env(svc),
     )
-    try:
-        svc.start_worker(concurrency=4)
-        svc.start_web()
+    with svc.running():
         yield svc
-    finally:
-        svc.stop()
 
 
 def in_project(svc: Service, code: str) -> object:

@@ -1,0 +1,55 @@
+"""The submission limit, in-process against a real Redis, on the app's own clock: a window opens
+and closes when the test says, not after a wait."""
+
+from __future__ import annotations
+
+from taskstream.web.services import services
+
+
+class Clock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+TOKENS = {"flood": "flood-token-4444", "bob": "bob-token-2222"}
+
+
+async def test_a_flood_of_submissions_is_limited_and_recovers_in_the_next_window(make_app):
+    app = await make_app(
+        api_tokens=",".join(f"{name}:{token}" for name, token in TOKENS.items()),
+        secret_key="s" * 32,
+        rate_limit_per_minute=5,
+        rate_limit_window_seconds=60,
+    )
+    clock = Clock(6_000_000.0)  # the start of a window
+    async with app.app_context():
+        services().clock = clock
+    client = app.test_client()
+
+    async def submit(who: str = "flood") -> tuple[int, str | None]:
+        response = await client.post(
+            "/tasks",
+            json={"task": "add", "args": [1, 1]},
+            headers={"Authorization": f"Bearer {TOKENS[who]}"},
+        )
+        return response.status_code, response.headers.get("Retry-After")
+
+    answers = [await submit() for _ in range(5)]
+    assert [status for status, _ in answers] == [202] * 5
+    clock.now += 45
+    status, retry_after = await submit()
+    assert (status, retry_after) == (429, "15")  # the window's remaining seconds
+    assert (await submit("bob"))[0] == 202  # another caller is not held up
+    clock.now += 15
+    assert (await submit())[0] == 202
+
+
+async def test_no_limit_unless_configured(make_app):
+    app = await make_app(rate_limit_per_minute=0)
+    client = app.test_client()
+    for _ in range(20):
+        response = await client.post("/tasks", json={"task": "add", "args": [1, 1]})
+        assert response.status_code == 202
