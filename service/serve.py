@@ -140,7 +140,7 @@ async def _serve(sock: socket.socket, siblings: _Siblings | None) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     watcher = asyncio.create_task(siblings.watch()) if siblings is not None else None
     try:
-        await serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await serve(app, config, shutdown_trigger=shutdown.wait)
     finally:
         if watcher is not None:
             watcher.cancel()

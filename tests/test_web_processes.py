@@ -14,8 +14,15 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
-from taskstream.web.launch import free_port, web_command
-from tests.harness import Proc, assert_contiguous, read_stream, submit, wait_ready
+from tests.harness import (
+    Proc,
+    assert_contiguous,
+    free_port,
+    read_stream,
+    submit,
+    wait_ready,
+    web_command,
+)
 
 
 def siblings(pid: int) -> list[int]:
