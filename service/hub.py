@@ -48,8 +48,15 @@ class Announcement:
 
     @classmethod
     def parse(cls, message: str) -> Announcement:
-        header, data = split_announcement(message)
-        return cls.from_header(header, data)
+        """An announcement as the record script publishes it: its header line, then the snapshot
+        (the same format as taskstream.record.split_announcement, read without a JSON parser
+        where no string holds an escape: this runs once per change, for every stream)."""
+        header, data = message.split("\n", 1)
+        g, seq, task_id, state, owner = header.split(" ", 4)
+        if "\\" in header:
+            h, data = split_announcement(message)
+            return cls.from_header(h, data)
+        return cls(int(g), int(seq), task_id[1:-1], state[1:-1], owner[1:-1], data)
 
     @classmethod
     def from_header(cls, h: Header, data: str) -> Announcement:
@@ -89,6 +96,14 @@ class _Close:
 CLOSE: Final = _Close()
 
 
+_EXPIRED: Final = object()
+
+
+def _expire(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_EXPIRED)
+
+
 class Subscription:
     """One stream's inbox: a bounded buffer of announcements.
 
@@ -107,7 +122,7 @@ class Subscription:
         self._resync = False
         # The one reader's wake-up while it waits. A bare future rather than an asyncio.Event,
         # whose deque of waiters costs ~700 bytes per stream and a loop over it per change.
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[object] | None = None
         self._closed = False
 
     def _wake(self) -> None:
@@ -140,14 +155,18 @@ class Subscription:
         if self._closed:
             return CLOSE
         if not self._items and not self._resync:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # A timer that ends the wait quietly: cheaper than asyncio.timeout, and this runs
+            # once per change for every stream.
+            timer = loop.call_later(wait, _expire, waiter)
             try:
-                async with asyncio.timeout(wait):
-                    await waiter
-            except TimeoutError:
-                return None
+                await waiter
             finally:
                 self._waiter = None
+                timer.cancel()
+            if waiter.result() is _EXPIRED:
+                return None
         if self._closed:
             return CLOSE
         if self._resync:
@@ -176,7 +195,8 @@ class _Channel:
 
 
 class _Resp:
-    """An incremental reader of the replies a subscribed connection gets (RESP2 or RESP3)."""
+    """An incremental reader of the replies a subscribed connection gets (RESP2 or RESP3):
+    arrays or pushes of bulk strings and integers, and simple strings (PONG)."""
 
     __slots__ = ("buf", "pos")
 
@@ -188,55 +208,52 @@ class _Resp:
         self.buf = self.buf[self.pos :] + data if self.pos < len(self.buf) else data
         self.pos = 0
 
-    def _line(self) -> bytes | None:
-        end = self.buf.find(b"\r\n", self.pos)
-        if end < 0:
-            return None
-        line = self.buf[self.pos : end]
-        self.pos = end + 2
-        return line
-
-    def _item(self) -> Any:
-        """One reply, or None when it is not all here yet (pos then unchanged)."""
-        start = self.pos
-        line = self._line()
-        if line is None:
-            return None
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return b""
-            end = self.pos + n
-            if len(self.buf) < end + 2:
-                self.pos = start
-                return None
-            self.pos = end + 2
-            return self.buf[end - n : end]
-        if kind == b":":
-            return int(rest)
-        if kind == b"+":
-            return [rest.lower()]
-        if kind == b"-":
-            raise RedisConnectionError("the change subscription got an error reply")
-        if kind == b"*" or kind == b">":  # an array, or a RESP3 push (as redis-py speaks RESP3)
-            items = []
-            for _ in range(int(rest)):
-                item = self._item()
-                if item is None:
-                    self.pos = start
-                    return None
-                items.append(item)
-            return items
-        raise RedisConnectionError("the change subscription got an unreadable reply")
-
-    def replies(self) -> list[Any]:
+    def replies(self) -> list[list[Any]]:
+        """Every whole reply in the buffer; a partial one stays for the next feed."""
+        buf = self.buf
+        pos = self.pos
+        size = len(buf)
+        find = buf.find
         out = []
-        while self.pos < len(self.buf):
-            item = self._item()
-            if item is None:
+        while pos < size:
+            start = pos
+            eol = find(b"\r\n", pos)
+            if eol < 0:
                 break
-            out.append(item)
+            kind = buf[pos]
+            if kind == 43:  # "+": a simple string (PONG outside subscribed mode)
+                out.append([buf[pos + 1 : eol].lower()])
+                pos = eol + 2
+                continue
+            if kind == 45:  # "-"
+                raise RedisConnectionError("the change subscription got an error reply")
+            if kind != 42 and kind != 62:  # "*" array, ">" RESP3 push
+                raise RedisConnectionError("the change subscription got an unreadable reply")
+            count = int(buf[pos + 1 : eol])
+            pos = eol + 2
+            items: list[Any] = []
+            for _ in range(count):
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                kind = buf[pos]
+                if kind == 36:  # "$": a bulk string
+                    length = int(buf[pos + 1 : eol])
+                    end = eol + 2 + length
+                    if end + 2 > size:
+                        break
+                    items.append(buf[eol + 2 : end])
+                    pos = end + 2
+                elif kind == 58:  # ":": an integer
+                    items.append(int(buf[pos + 1 : eol]))
+                    pos = eol + 2
+                else:
+                    raise RedisConnectionError("the change subscription got an unreadable reply")
+            if len(items) < count:
+                pos = start  # not all here yet
+                break
+            out.append(items)
+        self.pos = pos
         return out
 
 
@@ -274,6 +291,8 @@ class Hub:
         self._writer: asyncio.StreamWriter | None = None
         self._runner: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
+        self._ping_sent: float | None = None
+        self._last_heard = 0.0
         self.closing = False
         self._streams = 0
         self._global_streams = 0
@@ -460,37 +479,42 @@ class Hub:
             self._send_subscribe(channel)
         # The first PONG proves the connection works end to end: then the hub is live.
         writer.write(_command(b"PING"))
-        ping_sent: float | None = time.monotonic()
-        last_heard = time.monotonic()
+        self._ping_sent = self._last_heard = time.monotonic()
+        watchdog = asyncio.create_task(self._watch(writer))
         resp = _Resp()
+        try:
+            while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    raise ConnectionError("the change subscription was closed")
+                self._last_heard = time.monotonic()
+                resp.feed(data)
+                for reply in resp.replies():
+                    kind = reply[0]
+                    if kind == b"message":
+                        self._dispatch(reply[1], reply[2])
+                    elif kind == b"subscribe":
+                        self._confirmed(reply[1])
+                    elif kind == b"pong":
+                        self._ping_sent = None
+                        if not self._live.is_set():
+                            self._live.set()
+                            log.info("change subscription live")
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, writer: asyncio.StreamWriter) -> None:
+        """A half-open connection reads as silence: ping it when quiet, and drop it (the reader
+        then sees it closed, and the hub reconnects) when the answer does not come. A timer of
+        its own, so that reading each change costs no timeout."""
         while True:
-            try:
-                async with asyncio.timeout(1.0):
-                    data = await reader.read(1 << 16)
-            except TimeoutError:
-                data = None
+            await asyncio.sleep(0.5)
             now = time.monotonic()
-            if data is None:
-                # A half-open connection reads as silence: ping it, and give up on it when the
-                # answer does not come.
-                if ping_sent is not None and now - ping_sent > self._ping_timeout:
-                    raise ConnectionError("no answer to ping on the change subscription")
-                if ping_sent is None and now - last_heard > self._idle_ping:
-                    writer.write(_command(b"PING"))
-                    ping_sent = now
-                continue
-            if not data:
-                raise ConnectionError("Redis closed the change subscription")
-            last_heard = now
-            resp.feed(data)
-            for reply in resp.replies():
-                kind = reply[0]
-                if kind == b"message":
-                    self._dispatch(reply[1], reply[2])
-                elif kind == b"subscribe":
-                    self._confirmed(reply[1])
-                elif kind == b"pong":
-                    ping_sent = None
-                    if not self._live.is_set():
-                        self._live.set()
-                        log.info("change subscription live")
+            if self._ping_sent is not None:
+                if now - self._ping_sent > self._ping_timeout:
+                    log.warning("no answer to ping on the change subscription")
+                    writer.transport.abort()
+                    return
+            elif now - self._last_heard > self._idle_ping:
+                writer.write(_command(b"PING"))
+                self._ping_sent = now

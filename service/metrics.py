@@ -73,6 +73,18 @@ class Metrics:
             or [(f'{{state="{TaskState.PENDING}"}}', 0)],
         )
         metric(
+            "pubsub_messages_total",
+            "counter",
+            "Messages this process received on its subscription (it hears only what it serves).",
+            [("", hub.received)],
+        )
+        metric(
+            "pubsub_channels",
+            "gauge",
+            "Channels subscribed: one per task streamed here, and one while GET /events is open.",
+            [("", hub.channels)],
+        )
+        metric(
             "stream_overflows_total",
             "counter",
             "Times a slow stream's buffer filled and it re-read the stored log.",

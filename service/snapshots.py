@@ -8,6 +8,7 @@ splicing text onto the stored JSON once (never parse and re-encode a snapshot pe
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from urllib.parse import quote
 
 
@@ -16,7 +17,12 @@ def links(task_id: str, root: str = "") -> dict[str, str]:
     return {"self": base, "events": f"{base}/events"}
 
 
+@lru_cache(maxsize=16_384)
+def _links_json(task_id: str, root: str) -> str:
+    # The same few tasks change again and again: encode their links once, not per change.
+    return json.dumps(links(task_id, root), separators=(",", ":"), ensure_ascii=False)
+
+
 def linked(data: str, task_id: str, root: str = "") -> str:
     """The stored snapshot `data` (a JSON object) with its `links` member appended."""
-    extra = json.dumps(links(task_id, root), separators=(",", ":"), ensure_ascii=False)
-    return f'{data[:-1]},"links":{extra}}}'
+    return f'{data[:-1]},"links":{_links_json(task_id, root)}}}'
