@@ -75,8 +75,7 @@ async def _measure(url: str, n: int, rate: int) -> HubCost:
             assert isinstance(item, Announcement), item
             item.frame()  # what a stream does before its write
             got += 1
-        while publisher.is_alive():
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(publisher.join)
         await asyncio.sleep(0.2)  # whatever is still on the way
         return (time.thread_time() - cpu) / count * 1e6
 
