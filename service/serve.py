@@ -116,6 +116,7 @@ async def _serve(sock: socket.socket, siblings: _Siblings | None) -> None:
     svc: Services = app.extensions["taskstream"]
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
+    config.root_path = settings.root_path
     config.backlog = 4096
     config.graceful_timeout = GRACEFUL_SECONDS
     config.accesslog = None

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Where `make run` and the launcher bind the web; with authentication off, keep it loopback.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # The path a reverse proxy publishes the web under (`/jobs`), forwarded unchanged: ASGI's root
+    # path, which every link, Location and page URL then starts with. Empty: served at `/`.
+    root_path: str = Field("", pattern=r"^(/[^/?#\s]+)*$")
     # Prefixes every Redis key, pub/sub channel and Celery queue, so two deployments can share one
     # Redis (channels ignore database numbers, so a database number alone would not separate them).
     key_prefix: str = Field("taskstream", pattern=r"^[^:\s]+$")

@@ -5,11 +5,13 @@ Last-Event-ID), sync and async. The follower's every branch is in test_follow.py
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 
 import pytest
 
 from taskstream.client import AsyncClient, Client, FollowOptions, ProblemError
-from tests.harness import Service
+from tests.harness import ROOT, Service
 
 # Never fall back to polling here: the proof is that streaming alone loses nothing.
 STREAM_ONLY = FollowOptions(patience=30, stream_attempts=1_000)
@@ -86,3 +88,20 @@ def test_the_calls_against_the_service(service):
         with pytest.raises(ProblemError) as missing:
             list(client.follow("no-such-task"))
         assert missing.value.status == 404
+
+
+def test_the_readme_examples_run(service, capsys):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### From Python", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        code = block.replace("http://localhost:8000/jobs", service.url)
+        code = code.replace("http://localhost:8000", service.url)
+        # The async example runs its own loop: give it a thread, away from this test's loop.
+        thread = threading.Thread(target=exec, args=(code, {"__name__": "readme"}))
+        thread.start()
+        thread.join(60)
+    printed = capsys.readouterr().out.splitlines()
+    assert "SUCCESS" in printed[-1]  # the async example's last change
+    assert any(line.startswith("409 /problems/task-finished") for line in printed), printed

@@ -122,13 +122,14 @@ def test_the_dashboard_at_jobs_submits_and_shows_a_task_live(embedded):
 
 @pytest.fixture(scope="module")
 def behind_proxy(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The standalone app as a proxy that forwards /jobs/... unchanged would reach it."""
-    svc = Service(redis_url, tmp_path_factory.mktemp("rootpath"))
+    """The standalone server (as the Procfile starts it) with ROOT_PATH, as a proxy that
+    forwards /jobs/... unchanged would reach it."""
+    env = {"ROOT_PATH": "/jobs", "WEB_CONCURRENCY": "1"}
+    svc = Service(redis_url, tmp_path_factory.mktemp("rootpath"), extra_env=env)
     try:
         svc.start_worker(concurrency=2)
         port = free_port()
-        cmd = [*web_command("127.0.0.1", port), "--root-path", "/jobs"]
-        yield serve(svc, "web-rootpath", cmd, port, "/jobs")
+        yield serve(svc, "web-rootpath", web_command("127.0.0.1", port), port, "/jobs")
     finally:
         svc.stop()
 
