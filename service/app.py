@@ -9,6 +9,7 @@ from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
 from taskstream.web.embed import SlashAtRoot
+from taskstream.web.ops_routes import bp as ops_bp
 from taskstream.web.routes import bp
 from taskstream.web.security import StreamSlots
 from taskstream.web.services import Services
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     problems.register(app)
     security.install(app, svc.auth, settings.cors_origins)
     app.register_blueprint(bp)
+    app.register_blueprint(ops_bp)
     openapi.install(app)
     rules = list(app.url_map.iter_rules())
     svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})

@@ -21,6 +21,7 @@ from werkzeug.routing.rules import Rule
 
 from taskstream.web import media
 from taskstream.web import models as m
+from taskstream.web import ops_models as om
 
 _REF = "#/components/schemas/{model}"
 _TEXT = {"schema": {"type": "string"}}
@@ -196,6 +197,50 @@ OPERATIONS: dict[str, Operation] = {
         tags=("pages",),
     ),
 }
+
+# The operations API behind the dashboard (service/ops_routes.py).
+OPERATIONS.update(
+    {
+        "ops.workers": Operation(
+            "List the workers",
+            {200: Answer(om.Workers, "Every worker that reported itself, online or not.")},
+            description="Read from what each worker records in Redis (a heartbeat every 2 s); "
+            "a worker is offline once its heartbeat is older than WORKER_OFFLINE_SECONDS.",
+            tags=("operations",),
+        ),
+        "ops.queues": Operation(
+            "List the queues the workers consume",
+            {200: Answer(om.Queues, "Depth and reserved tasks of each queue.")},
+            tags=("operations",),
+        ),
+        "ops.stats": Operation(
+            "Counts per state and throughput",
+            {200: Answer(om.Stats, "Counts, tasks per minute by outcome, runtime p50/p95.")},
+            tags=("operations",),
+        ),
+        "ops.task_detail": Operation(
+            "Get a task's detail and timeline",
+            {
+                200: Answer(om.TaskDetail, "The snapshot, arguments, links and every change."),
+                404: _NOT_FOUND,
+            },
+            tags=("tasks",),
+        ),
+        "ops.rerun": Operation(
+            "Re-run a task",
+            {
+                202: Answer(
+                    m.TaskSnapshot,
+                    "A new task with the same arguments, linked by `rerun_of` to the original.",
+                    {"Location": "The new task's URL."},
+                ),
+                404: _NOT_FOUND,
+                409: _problem("Not re-runnable: arguments not kept in full, or task unknown."),
+            },
+            tags=("tasks",),
+        ),
+    }
+)
 
 # Any route may answer these; documented everywhere so that a client knows their shape.
 _COMMON = {

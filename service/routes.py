@@ -24,6 +24,7 @@ from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.hub import Subscription
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskstream.web.models import ListQuery, PollHeaders, StreamHeaders, StreamQuery, SubmitBody
+from taskstream.web.ops_routes import scrape
 from taskstream.web.problems import Problem, field_errors
 from taskstream.web.security import check_submission_rate, current_caller
 from taskstream.web.services import services
@@ -458,7 +459,8 @@ async def readyz() -> Response:
 @bp.get("/metrics")
 async def metrics() -> Response:
     svc = services()
-    return Response(svc.metrics.render(svc.hub), content_type=METRICS_CONTENT_TYPE)
+    body = svc.metrics.render(svc.hub, await scrape(svc))
+    return Response(body, content_type=METRICS_CONTENT_TYPE)
 
 
 @bp.get("/")

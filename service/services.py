@@ -17,11 +17,13 @@ from quart import current_app
 
 from taskstream import connections
 from taskstream.keys import Keys
+from taskstream.monitor import Monitor
 from taskstream.record import AsyncRecorder
 from taskstream.settings import Settings
 from taskstream.web.auth import Authenticator
 from taskstream.web.hub import Hub
 from taskstream.web.metrics import Metrics
+from taskstream.web.queues import QueueDepths
 from taskstream.web.security import StreamSlots
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class Services:
     record: AsyncRecorder = field(init=False)
     hub: Hub = field(init=False)
     keys: Keys = field(init=False)
+    monitor: Monitor = field(init=False)
+    queue_depths: QueueDepths = field(init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -70,6 +74,8 @@ class Services:
             min_replicas=s.record_min_replicas,
             replica_timeout_ms=s.record_replica_timeout_ms,
         )
+        self.monitor = Monitor(self.redis, keys, s.worker_offline_seconds)
+        self.queue_depths = QueueDepths(self.celery, self.executor)
         # The subscriber makes its connection through a client of its own, so a pub/sub socket
         # with no timeout never comes out of the shared pool.
         sub_client = connections.async_client(s, socket_connect_timeout=5, socket_keepalive=True)

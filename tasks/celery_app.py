@@ -60,7 +60,8 @@ def init_celery(app: Celery, settings: Settings | None = None) -> Celery:
         conf.worker_concurrency = settings.worker_concurrency
     # Connecting the signal handlers is this import's side effect; Celery's signals are
     # process-wide, and the handlers find the record through the sending app's conf.
-    import taskstream.signals  # noqa: F401
+    import taskstream.signals
+    import taskstream.workers  # noqa: F401
 
     return app
 

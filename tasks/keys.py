@@ -53,6 +53,33 @@ class Keys:
         """One caller's submissions counted in one rate-limit window."""
         return f"{self.prefix}:rate:{caller}:{window}"
 
+    # What workers record about themselves and the tasks they end (taskstream.workers).
+    @property
+    def workers(self) -> str:
+        """Worker hostnames by their latest heartbeat (Unix time), a sorted set."""
+        return f"{self.prefix}:workers"
+
+    def worker(self, hostname: str) -> str:
+        """One worker's hash: pool size, queues, heartbeat, counts of its tasks."""
+        return f"{self.prefix}:worker:{hostname}"
+
+    @property
+    def outcomes(self) -> str:
+        """Tasks ended, by task name and state: a hash of `name|state` -> count."""
+        return f"{self.prefix}:stats:outcomes"
+
+    def runtime_histogram(self, task: str) -> str:
+        """One task name's runtimes: a hash of bucket bound -> count, plus `sum` and `count`."""
+        return f"{self.prefix}:stats:runtime:{task}"
+
+    def recent_runtimes(self, task: str) -> str:
+        """One task name's latest runtimes as `unix time:seconds`, newest first, capped."""
+        return f"{self.prefix}:stats:recent:{task}"
+
+    def minute(self, minute: int) -> str:
+        """Tasks ended in one minute (Unix time // 60), by state: a hash that expires."""
+        return f"{self.prefix}:stats:minute:{minute}"
+
     # Celery's own names, under the same prefix.
     @property
     def celery_queue(self) -> str:

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: float = Field(0.0, ge=0)
     worker_concurrency: int = Field(0, ge=0)
     expose_tracebacks: bool = False
+    # A worker is shown offline once its last heartbeat (every 2 s) is older than this.
+    worker_offline_seconds: float = Field(6.0, gt=2)
     # Security (see docs/security.md). API_TOKENS turns authentication on:
     # "name:token[:admin],…"; every caller then sees only its own tasks, admins see all.
     api_tokens: str = ""

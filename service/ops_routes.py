@@ -1,0 +1,245 @@
+"""The operations API behind the dashboard: workers, queues, throughput, a task's detail and
+timeline, and re-running a task. Workers are read from what they record about themselves
+(taskstream.workers); nothing here asks a worker anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from quart import Blueprint, Response, request
+
+from taskstream.monitor import Worker
+from taskstream.record import Change, new_task_fields, utcnow
+from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
+from taskstream.states import TaskState
+from taskstream.web import ops_models as om
+from taskstream.web.metrics import Scrape
+from taskstream.web.problems import Problem
+from taskstream.web.security import check_submission_rate, current_caller
+from taskstream.web.services import Services, services
+from taskstream.web.snapshots import linked, links
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ops", __name__)
+
+_MAX_ID_LENGTH = 64
+# Counts per state cover at most this many of the newest tasks, so a count costs a bounded read.
+COUNT_LIMIT = 10_000
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    response = Response(text, status=status, content_type="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(headers or {})
+    return response
+
+
+def _not_found(task_id: str) -> Problem:
+    return Problem(404, "Task not found",
+                   f"No task {task_id!r} was accepted here, or it has expired.",
+                   kind="task-not-found")  # fmt: skip
+
+
+def _task_names() -> list[str]:
+    # The closed set of names metrics and charts are labelled with: only registered tasks.
+    return sorted(REGISTRY)
+
+
+def _reserved_by_queue(workers: list[Worker]) -> dict[str, int]:
+    reserved: dict[str, int] = {}
+    for w in workers:
+        if w.online:
+            for q in w.queues:
+                # A worker's reserved tasks are shared out among its queues (usually one).
+                reserved[q] = reserved.get(q, 0) + w.reserved // max(1, len(w.queues))
+    return reserved
+
+
+async def scrape(svc: Services) -> Scrape:
+    """Everything `/metrics` reads from Redis and the broker, read before it is written out."""
+    workers = await svc.monitor.workers()
+    queues = {q for w in workers if w.online for q in w.queues}
+    return Scrape(
+        stats=await svc.monitor.stats(_task_names()),
+        workers=workers,
+        depths=await svc.queue_depths.read(queues),
+        reserved=_reserved_by_queue(workers),
+    )
+
+
+@bp.get("/workers")
+async def workers() -> Response:
+    svc = services()
+    found = await svc.monitor.workers()
+    body = om.Workers(
+        workers=[om.WorkerInfo(**vars(w)) for w in found],
+        offline_after=svc.settings.worker_offline_seconds,
+        now=time.time(),
+    )
+    return _json(body.model_dump_json())
+
+
+@bp.get("/queues")
+async def queues() -> Response:
+    svc = services()
+    found = [w for w in await svc.monitor.workers() if w.online]
+    names = sorted({q for w in found for q in w.queues})
+    depths = await svc.queue_depths.read(names)
+    reserved = _reserved_by_queue(found)
+    body = om.Queues(
+        queues=[
+            om.QueueInfo(
+                name=name,
+                depth=None if depths is None else depths.get(name, 0),
+                reserved=reserved.get(name, 0),
+                workers=[w.hostname for w in found if name in w.queues],
+            )
+            for name in names
+        ],
+        broker=depths is not None,
+    )
+    return _json(body.model_dump_json())
+
+
+async def _state_counts(svc: Services) -> tuple[dict[str, int], int]:
+    ids = [t for t, _ in await svc.record.recent(float("inf"), COUNT_LIMIT)]
+    caller = current_caller()
+    async with svc.redis.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hmget(svc.record.keys.task(task_id), ["state", "owner"])
+        rows = await pipe.execute()
+    counts = {str(s): 0 for s in TaskState}
+    counted = 0
+    for state, owner in rows:
+        if state is None:
+            continue
+        if not caller.admin and not caller.sees(json.loads(owner or '""')):
+            continue
+        counts[json.loads(state)] = counts.get(json.loads(state), 0) + 1
+        counted += 1
+    return counts, counted
+
+
+@bp.get("/stats")
+async def stats() -> Response:
+    svc = services()
+    states, counted = await _state_counts(svc)
+    throughput = await svc.monitor.throughput(_task_names())
+    body = om.Stats(states=states, counted=counted, **throughput)
+    return _json(body.model_dump_json())
+
+
+async def _visible(svc: Services, task_id: str) -> str:
+    """The task's snapshot, if it exists and the caller may see it; else 404."""
+    data = None if len(task_id) > _MAX_ID_LENGTH else await svc.record.get(task_id)
+    if data is None:
+        raise _not_found(task_id)
+    caller = current_caller()
+    if not caller.admin:
+        owner = await svc.record.owner(task_id)
+        if owner is not None and not caller.sees(owner):
+            raise _not_found(task_id)
+    return data
+
+
+async def _details(svc: Services, task_id: str) -> dict[str, Any]:
+    details = getattr(svc.record, "details", None)
+    found = await details(task_id) if details is not None else None
+    return found or {}
+
+
+def _timeline(changes: list[tuple[int, str]]) -> list[dict[str, Any]]:
+    entries = []
+    for seq, data in changes:
+        snap = json.loads(data)
+        progress = snap.get("progress")
+        entries.append(
+            {
+                "seq": seq,
+                "state": snap["state"],
+                "at": snap.get("updated_at") or "",
+                "progress": progress,
+                "message": progress.get("message") if isinstance(progress, dict) else None,
+            }
+        )
+    return entries
+
+
+@bp.get("/tasks/<task_id>/detail")
+async def task_detail(task_id: str) -> Response:
+    svc = services()
+    data = await _visible(svc, task_id)
+    details = await _details(svc, task_id)
+    changes = await svc.record.changes_after(task_id, 0)
+    # The snapshot goes in as stored (numbers exactly as recorded) with its links.
+    fields = {k: v for k, v in details.items() if k in om.TaskDetail.model_fields}
+    rest = om.TaskDetail.model_validate(
+        {
+            "snapshot": json.loads(linked(data, task_id, request.root_path)),
+            "timeline": _timeline(changes),
+            **fields,
+        }
+    ).model_dump_json(exclude={"snapshot"})
+    body = '{"snapshot":' + linked(data, task_id, request.root_path) + "," + rest[1:]
+    return _json(body)
+
+
+@bp.post("/tasks/<task_id>/rerun")
+async def rerun(task_id: str) -> Response:
+    """A new task of the same name with the same arguments, linked to the original."""
+    svc = services()
+    original = json.loads(await _visible(svc, task_id))
+    task_type = REGISTRY.get(original["task"])
+    if task_type is None:
+        raise Problem(409, "Cannot re-run",
+                      f"{original['task']!r} is not a task that may be submitted here.",
+                      kind="rerun-refused")  # fmt: skip
+    details = await _details(svc, task_id)
+    args, kwargs = details.get("args") or [], details.get("kwargs") or {}
+    if not details or _truncated(args) or _truncated(kwargs):
+        raise Problem(409, "Cannot re-run",
+                      "The task's arguments were not kept in full (over the size cap, or "
+                      "recorded before arguments were kept).", kind="rerun-refused")  # fmt: skip
+    try:
+        bound = bind_arguments(task_type, list(args), dict(kwargs))
+    except (ArgumentsInvalid, TypeError, ValueError):
+        raise Problem(409, "Cannot re-run",
+                      f"The kept arguments no longer fit {task_type.name}.",
+                      kind="rerun-refused") from None  # fmt: skip
+    s = svc.settings
+    await check_submission_rate(
+        svc.redis, s.key_prefix, s.submissions_per_window, s.rate_limit_window_seconds
+    )
+    new_id = str(uuid.uuid4())
+    now = utcnow()
+    fields = new_task_fields(
+        new_id, task_type.name, now, current_caller().name, {"rerun_of": task_id}
+    )
+    created = await svc.record.record(
+        Change(new_id, fields, create=True, score=time.time(), at=now)
+    )
+    try:
+        await svc.enqueue(new_id, task_type.name, bound)
+    except Exception as exc:
+        log.error("could not enqueue re-run %s: %s", new_id, type(exc).__name__)
+        error = {"type": "EnqueueError", "message": "the task could not be queued"}
+        await svc.record.record(
+            Change(new_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})
+        )
+        raise Problem(503, "Service Unavailable", "The task queue is not reachable; try again.",
+                      kind="queue-unavailable", headers={"Retry-After": "5"}) from None  # fmt: skip
+    svc.metrics.submitted += 1
+    log.info("re-ran task %s as %s", task_id, new_id, extra={"task_id": new_id})
+    location = links(new_id, request.root_path)["self"]
+    return _json(linked(created.data or "", new_id, request.root_path), 202, {"Location": location})
+
+
+def _truncated(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("truncated") is True and "bytes" in value
