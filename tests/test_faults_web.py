@@ -147,7 +147,7 @@ def test_metrics_follow_streams_and_tasks(service):
     text = httpx.get(f"{service.url}/metrics").text
     assert "# TYPE taskstream_events_delivered_total counter" in text
     assert 'taskstream_changes_received_total{state="SUCCESS"}' in text
-    assert 'route="/tasks",method="POST",status="2xx"' in text
+    assert 'method="POST",route="/tasks",status="2xx"' in text
 
 
 def test_logs_are_structured_with_the_task_id(make_service):
