@@ -45,7 +45,9 @@ def _redis() -> tuple[redis.Redis, Keys]:
     # One per process: prefork children must not share the parent's sockets.
     if _client is None or _client[0] != os.getpid():
         settings = settings_of(current_app)
-        client = connections.sync_client(settings, socket_timeout=2, socket_connect_timeout=2)
+        client = connections.sync_client(
+            settings, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+        )
         _client = (os.getpid(), client, Keys(settings.key_prefix))
     return _client[1], _client[2]
 
