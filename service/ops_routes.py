@@ -215,7 +215,7 @@ async def rerun(task_id: str) -> Response:
                       kind="rerun-refused") from None  # fmt: skip
     s = svc.settings
     await check_submission_rate(
-        svc.redis, s.key_prefix, s.submissions_per_window, s.rate_limit_window_seconds
+        svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     new_id = str(uuid.uuid4())
     now = utcnow()
