@@ -8,7 +8,7 @@ from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
-from taskstream.web.embed import SlashAtRoot
+from taskstream.web.embed import RootPath
 from taskstream.web.ops_routes import bp as ops_bp
 from taskstream.web.routes import bp
 from taskstream.web.security import StreamSlots
@@ -40,10 +40,11 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     rules = list(app.url_map.iter_rules())
     svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})
 
-    app.asgi_app = SlashAtRoot(  # type: ignore[method-assign, assignment]
+    app.asgi_app = RootPath(  # type: ignore[method-assign, assignment]
         WriteTimeout(
             app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
-        )
+        ),
+        settings.trust_forwarded_prefix,
     )
 
     @app.after_request

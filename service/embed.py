@@ -5,8 +5,10 @@ writes (links in snapshots, `Location`, stream links, problem types, the OpenAPI
 pages' assets) starts with it.
 
 - `mount(host, "/jobs")` puts the API and the dashboard at `/jobs/...` of an existing Quart app.
-- `hypercorn --root-path /jobs taskstream.web.asgi:app` behind a proxy that forwards `/jobs/...`
-  unchanged (its path still starts with `/jobs`).
+- `ROOT_PATH=/jobs` (or `hypercorn --root-path /jobs taskstream.web.asgi:app`) behind a proxy
+  that forwards `/jobs/...` unchanged (its path still starts with `/jobs`).
+- `TRUST_FORWARDED_PREFIX=true` behind a proxy that strips `/jobs` and sends
+  `X-Forwarded-Prefix: /jobs` instead.
 
 As ASGI servers (Hypercorn) and Quart read it, a scope's `path` is the full path, `root_path`
 included; the app strips `root_path` itself.
@@ -14,6 +16,7 @@ included; the app strips `root_path` itself.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from quart import Quart
@@ -59,17 +62,41 @@ class PrefixDispatcher:
         await self.host(scope, receive, send)
 
 
-class SlashAtRoot:
-    """ASGI: `/jobs` answers 308 to `/jobs/`, where the dashboard's relative links resolve.
+_PREFIX = re.compile(r"^(/[^/?#\s]+)+$")
 
-    Quart answers 404 for a path equal to its root path; without this, the prefix alone (what
-    people type) would be a dead end.
+
+class RootPath:
+    """ASGI, in front of the app: where the request says the app lives, and `/jobs` to `/jobs/`.
+
+    With `trust_forwarded_prefix` (TRUST_FORWARDED_PREFIX), a proxy that strips the prefix before
+    forwarding says which prefix in `X-Forwarded-Prefix`; it becomes part of the root path. Only
+    for a proxy that sets (or removes) the header on every request: from anyone else it would
+    let a client choose the links the API writes.
+
+    A request for the root path itself answers 308 to it with a slash: Quart answers 404 for a
+    path equal to its root path, and the prefix alone (what people type) would be a dead end.
     """
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, trust_forwarded_prefix: bool = False):
         self.app = app
+        self.trust_forwarded_prefix = trust_forwarded_prefix
+
+    def _forwarded(self, scope: Scope) -> Scope:
+        header = next((v for k, v in scope.get("headers", ()) if k == b"x-forwarded-prefix"), b"")
+        prefix = header.decode("latin-1").strip().rstrip("/")
+        if not _PREFIX.match(prefix):
+            return scope  # none, or not a path: as if unsent
+        root = scope.get("root_path", "")
+        path: str = scope["path"]
+        local = path[len(root) :] if root and path.startswith(root) else path
+        return {**scope, "root_path": root + prefix, "path": root + prefix + local}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.trust_forwarded_prefix:
+            scope = self._forwarded(scope)
         root = scope.get("root_path", "")
         if scope["type"] == "http" and root and scope["path"] == root:
             query = scope.get("query_string", b"")

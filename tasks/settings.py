@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # The path a reverse proxy publishes the web under (`/jobs`), forwarded unchanged: ASGI's root
     # path, which every link, Location and page URL then starts with. Empty: served at `/`.
     root_path: str = Field("", pattern=r"^(/[^/?#\s]+)*$")
+    # Behind a proxy that strips that path and names it in X-Forwarded-Prefix instead: believe the
+    # header. Only when the proxy sets it on every request, or clients could choose the links.
+    trust_forwarded_prefix: bool = False
     # Prefixes every Redis key, pub/sub channel and Celery queue, so two deployments can share one
     # Redis (channels ignore database numbers, so a database number alone would not separate them).
     key_prefix: str = Field("taskstream", pattern=r"^[^:\s]+$")

@@ -131,6 +131,28 @@ async def test_a_proxy_root_path_is_honoured(redis_url):
         assert document["servers"] == [{"url": "/"}]
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_x_forwarded_prefix_only_from_a_trusted_proxy(redis_url, trusted):
+    # A proxy that strips /jobs and says so: the app sees /tasks, and writes /jobs/tasks.
+    app = create_app(settings(redis_url).model_copy(update={"trust_forwarded_prefix": trusted}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        forwarded = {"X-Forwarded-Prefix": "/jobs/"}
+        created = await client.post(
+            "/tasks", json={"task": "add", "args": [1, 2]}, headers=forwarded
+        )
+        snap = await created.get_json()
+        root = "/jobs" if trusted else ""
+        assert created.headers["Location"] == f"{root}/tasks/{snap['id']}"
+        assert_links_under(snap, root)
+        document = await (await client.get("/openapi.json", headers=forwarded)).get_json()
+        assert document["servers"] == [{"url": root or "/"}]
+        # Not a path: ignored, as if the proxy had sent nothing.
+        for junk in ("jobs", "/a?b", "/", "/a b"):
+            odd = await client.get(f"/tasks/{snap['id']}", headers={"X-Forwarded-Prefix": junk})
+            assert_links_under(await odd.get_json(), "")
+
+
 async def test_a_mount_inside_a_host_under_a_root_path():
     seen: list[dict] = []
 
