@@ -46,9 +46,17 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
     contexts: list[Any] = []
     errors: list[str] = []
 
-    def open_(url: str, viewport: dict[str, int] = DESKTOP, init_script: str | None = None) -> Any:
+    def open_(
+        url: str,
+        viewport: dict[str, int] = DESKTOP,
+        init_script: str | None = None,
+        clock: bool = False,
+    ) -> Any:
+        """`clock`: the page's timers run on Playwright's clock, which `advance_until` moves."""
         context = browser.new_context(viewport=viewport)
         contexts.append(context)
+        if clock:
+            context.clock.install()
         if init_script:
             context.add_init_script(init_script)
         page = context.new_page()
@@ -66,6 +74,18 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def advance_until(page: Any, selector: str, most_ms: int = 60_000, step_ms: int = 2_000) -> None:
+    """Move the page's clock on (its timers fire; the network keeps real time) until `selector`
+    shows: the page's waits (grace before polling, stream retries) pass without the test waiting.
+    """
+    for _ in range(most_ms // step_ms):
+        if page.query_selector(selector):
+            return
+        page.clock.fast_forward(step_ms)
+        page.wait_for_timeout(150)  # real time for the requests the timers started
+    page.wait_for_selector(selector, timeout=5_000)
 
 
 def fill_form(page: Any, task: str, **fields: object) -> None:
@@ -322,23 +342,25 @@ def test_long_outage_polls_then_returns_to_live(make_service, open_page) -> None
     svc = make_service()
     svc.start_worker(concurrency=2)
     svc.start_web()
-    page = open_page(svc.url + "/")
+    page = open_page(svc.url + "/", clock=True)
     page.wait_for_selector("#mode[data-mode=live]")
     task_id = submit_from_form(page, "sleep", seconds=120, steps=120)
     wait_for_state(page, task_id, ("PROGRESS",))
 
     svc.webs[0].kill()
-    # After 10 s without a stream the page polls, and says the server does not answer.
-    page.wait_for_selector("#mode[data-mode=offline]", timeout=20_000)
+    # After 10 s without a stream (on the page's clock) it polls, and says the server does not
+    # answer.
+    advance_until(page, "#mode[data-mode=offline]")
     svc.restart_web(0)
-    page.wait_for_selector("#mode[data-mode=polling]", timeout=10_000)
+    advance_until(page, "#mode[data-mode=polling]", step_ms=500)
     # Polling keeps the row moving, then the stream is tried again and taken back.
     seq = int(row(page, task_id).get_attribute("data-seq"))
     page.wait_for_function(
         f"""() => Number(document.querySelector('li[data-task-id="{task_id}"]').dataset.seq)
               > {seq}"""
     )
-    page.wait_for_selector("#mode[data-mode=live]", timeout=30_000)
+    # The stream is tried again 20 s (on the page's clock) after polling began.
+    advance_until(page, "#mode[data-mode=live]")
     row(page, task_id).get_by_role("button", name="Cancel").click()
     assert wait_for_state(page, task_id, TERMINAL) == "REVOKED"
     assert_matches_server(page, svc.url, task_id)
