@@ -42,12 +42,22 @@ MAX_EVENT_ID = 2**63 - 1
 class Progress(BaseModel):
     """How far a running task has got, as its latest `PROGRESS` change reported."""
 
-    current: float = Field(description="Work done so far, in the task's own units.")
+    current: float | None = Field(
+        description="Work done so far, in the task's own units; null when the task said none."
+    )
     total: float | None = Field(description="Work in all, when the task knows it.")
     percent: float | None = Field(
         ge=0, le=100, description="current / total as a percentage, one decimal; null if no total."
     )
     message: str | None = Field(description="What the task says it is doing.")
+    meta: Any = Field(
+        None, description="The whole `meta` a task passed to Celery's `update_state`, if it did."
+    )
+    state: str | None = Field(
+        None,
+        description="The state a task named in `update_state` when it was not PROGRESS (Celery "
+        "allows any name); AsyncResult answers with it.",
+    )
 
 
 class TaskError(BaseModel):

@@ -8,7 +8,6 @@ import binascii
 import json
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,8 @@ from pydantic import ValidationError
 from quart import Blueprint, Response, request, send_from_directory
 from quart_schema import validate_headers, validate_querystring
 
-from taskstream.record import Change, Status, dumps, new_task_fields, utcnow
+from taskstream.record import Change, Status, dumps, utcnow
+from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TERMINAL, TaskState
 from taskstream.web.auth import SESSION_COOKIE
@@ -128,20 +128,10 @@ async def submit() -> Response:
         svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     task_id = str(uuid.uuid4())
-    now = utcnow()
-    created = await svc.record.record(
-        Change(
-            task_id,
-            new_task_fields(task_id, task_type.name, now, current_caller().name),
-            create=True,
-            score=time.time(),
-            at=now,
-        )
-    )
     try:
-        await svc.enqueue(task_id, task_type.name, kwargs)
-    except Exception as exc:
-        log.error("could not enqueue task %s: %s", task_id, type(exc).__name__)
+        created = await svc.submit(task_id, task_type.name, kwargs, current_caller().name)
+    except NotQueued as exc:
+        log.error("could not enqueue task %s: %s", task_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
         await svc.record.record(
             Change(task_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})

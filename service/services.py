@@ -18,7 +18,8 @@ from quart import current_app
 from taskstream import connections
 from taskstream.keys import Keys
 from taskstream.monitor import Monitor
-from taskstream.record import AsyncRecorder
+from taskstream.record import AsyncRecorder, Outcome
+from taskstream.recording import submit as submit_task
 from taskstream.settings import Settings
 from taskstream.web.auth import Authenticator
 from taskstream.web.hub import Hub
@@ -113,13 +114,18 @@ class Services:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
-    async def enqueue(self, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
-        await self._off_loop(self.celery.send_task, name, kwargs=kwargs, task_id=task_id)
+    async def submit(self, task_id: str, name: str, kwargs: dict[str, Any], owner: str) -> Outcome:
+        """Publish the task like any producer; its record (PENDING) is made as it is sent."""
+        return await self._off_loop(_submit, self.celery, name, task_id, kwargs, owner)
 
     async def revoke(self, task_id: str) -> None:
         # terminate=True stops it if a prefork child is running it; a task still queued is only
         # marked, and its worker will find the record REVOKED and skip it anyway.
         await self._off_loop(self.celery.control.revoke, task_id, terminate=True)
+
+
+def _submit(celery: Celery, name: str, task_id: str, kwargs: dict[str, Any], owner: str) -> Outcome:
+    return submit_task(celery.tasks[name], task_id, kwargs, owner)
 
 
 def services() -> Services:

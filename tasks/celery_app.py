@@ -16,6 +16,7 @@ from celery.app.utils import find_app
 from celery.signals import setup_logging
 
 from taskstream import connections, logs
+from taskstream.recording import track
 from taskstream.settings import Settings, SettingsError, redis_tls_options
 
 DEMO_MODULE = "taskstream.demo"
@@ -58,9 +59,10 @@ def init_celery(app: Celery, settings: Settings | None = None) -> Celery:
         conf.task_soft_time_limit = settings.task_soft_time_limit_seconds
     if settings.worker_concurrency:
         conf.worker_concurrency = settings.worker_concurrency
-    # Connecting the signal handlers is this import's side effect; Celery's signals are
-    # process-wide, and the handlers find the record through the sending app's conf.
-    import taskstream.signals
+    # Every task the app sends or runs is recorded (the signal handlers act for tracked apps),
+    # and the record is the app's result backend.
+    track(app, settings)
+    # Workers report on themselves (taskstream.workers): another import side effect.
     import taskstream.workers  # noqa: F401
 
     return app
@@ -82,10 +84,6 @@ def create_celery(settings: Settings | None = None) -> Celery:
         broker_url=broker,
         broker_transport=transport,
         broker_use_ssl=redis_tls_options(settings.celery_broker_url or settings.redis_url),
-        # The event record is the only result store: clients read states from it, never from a
-        # Celery backend, so there is nothing to configure (or leak) there.
-        result_backend=None,
-        task_ignore_result=True,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
         # Everything Celery names on the broker lives under the deployment's prefix too: queues,

@@ -21,6 +21,10 @@ class Keys:
         """The task's change log, a stream whose entry ids are its seqs."""
         return f"{self.prefix}:log:{task_id}"
 
+    def children(self, task_id: str) -> str:
+        """The ids of the tasks this one sent (a chain's next step, a chord's members), a set."""
+        return f"{self.prefix}:children:{task_id}"
+
     @property
     def global_seq(self) -> str:
         return f"{self.prefix}:gseq"
@@ -96,3 +100,9 @@ class Keys:
     @property
     def celery_key_prefix(self) -> str:
         return f"{self.prefix}:celery:"
+
+    @property
+    def celery_result_prefix(self) -> str:
+        """Celery's group and chord bookkeeping (taskstream.backend); task states live in the
+        record itself."""
+        return f"{self.prefix}:results:"

@@ -1,13 +1,57 @@
-"""The progress helper for task authors: one call records a PROGRESS change for the running task."""
+"""Progress as tasks report it: `report_progress`, and Celery's own `update_state` meta.
+
+A PROGRESS change's `progress` holds current, total, percent and message. A task that reports
+with `self.update_state(state=..., meta=...)` also keeps its whole `meta` there, and a state
+other than PROGRESS (Celery allows any name) is kept as `progress.state`: the snapshot's `state`
+stays in the contract's vocabulary (PROGRESS), while AsyncResult answers with the custom name
+and the meta, as Celery would.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 from celery import current_task
 from celery.exceptions import Ignore
 
-from taskstream.record import Change, Status
-from taskstream.recording import recorder
+from taskstream.record import Change, Status, dumps
+from taskstream.recording import record
 from taskstream.states import TaskState
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _percent(current: float | None, total: float | None) -> float | None:
+    if current is None or not total:
+        return None
+    return round(min(max(current / total, 0.0), 1.0) * 100, 1)
+
+
+def progress_of(state: str, meta: Any) -> dict[str, Any]:
+    """The `progress` of a PROGRESS change made by `update_state(state=state, meta=meta)`."""
+    fields = meta if isinstance(meta, dict) else {}
+    current, total = _number(fields.get("current")), _number(fields.get("total"))
+    message = fields.get("message")
+    try:
+        dumps(meta)
+    except (TypeError, ValueError):
+        # Recorded rather than dropped: its text, since it has no JSON form.
+        meta = repr(meta)
+    progress: dict[str, Any] = {
+        "current": current,
+        "total": total,
+        "percent": _percent(current, total),
+        "message": message if isinstance(message, str) else None,
+        "meta": meta,
+    }
+    if state != TaskState.PROGRESS:
+        progress["state"] = state
+    return progress
 
 
 def report_progress(current: float, total: float | None = None, message: str | None = None) -> None:
@@ -19,12 +63,14 @@ def report_progress(current: float, total: float | None = None, message: str | N
     task = current_task
     if task is None or not task.request.id:
         raise RuntimeError("report_progress() must be called from inside a running task")
-    percent = None
-    if total:
-        percent = round(min(max(current / total, 0.0), 1.0) * 100, 1)
-    progress = {"current": current, "total": total, "percent": percent, "message": message}
-    outcome = recorder(task.app).record(
-        Change(task.request.id, {"state": TaskState.PROGRESS, "progress": progress})
+    progress = {
+        "current": current,
+        "total": total,
+        "percent": _percent(current, total),
+        "message": message,
+    }
+    outcome = record(
+        task.app, Change(task.request.id, {"state": TaskState.PROGRESS, "progress": progress})
     )
     if outcome.status is Status.TERMINAL:
         raise Ignore()

@@ -12,6 +12,7 @@ those texts, so numbers and strings reach clients exactly as Python encoded them
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -53,10 +54,26 @@ end
 """
 )
 
-# KEYS: task hash, task log, global counter, global log, recent index
+# What the dashboard shows beside the snapshot, stored in the same hash but never part of a
+# snapshot (each a JSON text; `children` is a set of its own, see Keys.children).
+DETAIL_FIELDS = (
+    "args",
+    "kwargs",
+    "queue",
+    "parent_id",
+    "root_id",
+    "group_id",
+    "eta",
+    "worker",
+    "runtime",
+    "rerun_of",
+)
+
+# KEYS: task hash, task log, global counter, global log, recent index, and on creation the
+#       parent's children set when the task has a parent.
 # ARGV: channel, ttl, retain, global retain, mode, score, n_set, retries guard ('' for none), the
-#       task's own channel, then n_set field/value pairs to set, then field/value pairs to set
-#       only where absent.
+#       task's own channel, the change's Unix time, then n_set field/value pairs to set, then
+#       field/value pairs to set only where absent.
 _LUA_RECORD = (
     _LUA_SNAPSHOT
     + """
@@ -79,8 +96,8 @@ else
     return {4, snapshot(task_key)}
   end
 end
-local i = 10
-local stop = 10 + 2 * tonumber(ARGV[7])
+local i = 11
+local stop = 11 + 2 * tonumber(ARGV[7])
 while i < stop do
   redis.call('HSET', task_key, ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -88,6 +105,15 @@ end
 while i <= #ARGV do
   redis.call('HSETNX', task_key, ARGV[i], ARGV[i + 1])
   i = i + 2
+end
+local new_state = redis.call('HGET', task_key, 'state')
+local started = redis.call('HGET', task_key, 'started_ts')
+if started and ("""
+    + lua_terminal_check("new_state")
+    + """) then
+  -- How long the latest attempt ran, measured from its STARTED to this terminal change.
+  local runtime = math.max(0, tonumber(ARGV[10]) - tonumber(started))
+  redis.call('HSET', task_key, 'runtime', string.format('%.6f', runtime))
 end
 local seq = redis.call('HINCRBY', task_key, 'seq', 1)
 local data = snapshot(task_key)
@@ -101,6 +127,10 @@ if mode == 'create' then
   local score = tonumber(ARGV[6])
   redis.call('ZADD', recent_key, score, cjson.decode(redis.call('HGET', task_key, 'id')))
   redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', score - tonumber(ttl))
+  if KEYS[6] then
+    redis.call('SADD', KEYS[6], cjson.decode(redis.call('HGET', task_key, 'id')))
+    redis.call('EXPIRE', KEYS[6], ttl)
+  end
 end
 local header = g .. ' ' .. seq .. ' ' .. redis.call('HGET', task_key, 'id') .. ' '
   .. redis.call('HGET', task_key, 'state') .. ' ' .. (redis.call('HGET', task_key, 'owner') or '""')
@@ -161,6 +191,11 @@ class Change:
     # Record only while the task's `retries` is below this: keeps RETRY before the next STARTED
     # whichever of the two processes involved gets to Redis first.
     only_if_retries_below: int | None = None
+    # On creation: the task that sent this one, whose children set it joins.
+    parent_id: str | None = None
+    # The same moment as `at`, as a Unix time: the runtime of a terminal change is measured with
+    # it against the `started_ts` its STARTED change stored.
+    clock: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -256,11 +291,31 @@ class _Base:
             len(to_set),
             "" if change.only_if_retries_below is None else change.only_if_retries_below,
             keys.task_channel(tid),
+            repr(change.clock),
         ]
         for pairs in (to_set, change.set_if_absent):
             for name, value in pairs.items():
                 args += (name, dumps(value))
-        return [keys.task(tid), keys.log(tid), keys.global_seq, keys.global_log, keys.recent], args
+        names = [keys.task(tid), keys.log(tid), keys.global_seq, keys.global_log, keys.recent]
+        if change.create and change.parent_id:
+            names.append(keys.children(change.parent_id))
+        return names, args
+
+    def _details_call(self, pipe: Any, task_id: str) -> None:
+        pipe.hmget(self.keys.task(task_id), ["id", *DETAIL_FIELDS])
+        pipe.smembers(self.keys.children(task_id))
+
+    @staticmethod
+    def _details(raw: list[Any]) -> dict[str, Any] | None:
+        values, children = raw
+        if values[0] is None:
+            return None
+        details = {
+            name: None if value is None else json.loads(value)
+            for name, value in zip(DETAIL_FIELDS, values[1:], strict=True)
+        }
+        details["children"] = sorted(children)
+        return details
 
     def _replicated(self, raw: list[Any], acknowledged: int) -> list[Any]:
         if int(raw[0]) == Status.RECORDED and acknowledged < self._min_replicas:
@@ -297,6 +352,20 @@ class Recorder(_Base):
     def get(self, task_id: str) -> str | None:
         return self._read(keys=[self.keys.task(task_id)])[0] or None
 
+    def fields(self, task_id: str, names: list[str]) -> list[Any] | None:
+        """Stored fields of a task, decoded (None where absent), or None for an unknown task."""
+        raw = self.client.hmget(self.keys.task(task_id), ["id", *names])
+        if raw[0] is None:
+            return None
+        return [None if value is None else json.loads(value) for value in raw[1:]]
+
+    def details(self, task_id: str) -> dict[str, Any] | None:
+        """What the dashboard shows beside the snapshot (DETAIL_FIELDS and `children`), or None
+        for an unknown task."""
+        with self.client.pipeline(transaction=False) as pipe:
+            self._details_call(pipe, task_id)
+            return self._details(pipe.execute())
+
 
 class AsyncRecorder(_Base):
     """The record for the web process, on redis-py's asyncio client."""
@@ -313,6 +382,13 @@ class AsyncRecorder(_Base):
 
     async def get(self, task_id: str) -> str | None:
         return (await self._read(keys=[self.keys.task(task_id)]))[0] or None
+
+    async def details(self, task_id: str) -> dict[str, Any] | None:
+        """What the dashboard shows beside the snapshot (DETAIL_FIELDS and `children`), or None
+        for an unknown task."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._details_call(pipe, task_id)
+            return self._details(await pipe.execute())
 
     async def get_many(self, task_ids: list[str]) -> list[str | None]:
         if not task_ids:

@@ -1,8 +1,21 @@
-"""The worker's handle on the event record: one synchronous Recorder per Celery app and process."""
+"""The Celery side's handle on the record: which Celery apps are tracked, one synchronous Recorder
+per app and process, and how a task message becomes its record.
+
+Every change a Celery process makes goes through here: the producer's PENDING (at publish), the
+worker's RECEIVED, STARTED and RETRY (signals and the task class's hooks), and everything the
+result backend stores (taskstream.backend).
+"""
 
 from __future__ import annotations
 
-import os
+import logging
+import threading
+import time
+import traceback as tb
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
@@ -11,44 +24,325 @@ from redis.retry import Retry
 
 from taskstream.connections import sync_client
 from taskstream.keys import Keys
-from taskstream.record import Recorder
+from taskstream.record import Change, Outcome, Recorder, Status, dumps, new_task_fields, utcnow
 from taskstream.settings import Settings
+from taskstream.states import TaskState
+
+log = logging.getLogger(__name__)
 
 _RECORD_RETRIES = 18
 
+# The message header that carries the submitting caller (POST /tasks) to the record; a task sent
+# from inside a task inherits its parent's.
+OWNER_HEADER = "taskstream_owner"
+
+# Where create_celery/init_celery point Celery's result backend: the record itself.
+RESULT_BACKEND = "taskstream.backend:RecordBackend"
+
+
+class Tracking:
+    """What taskstream keeps for one tracked Celery app: its settings and this process's client."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._recorder: Recorder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def recorder(self) -> Recorder:
+        rec = self._recorder
+        if rec is None:
+            with self._lock:
+                rec = self._recorder
+                if rec is None:
+                    rec = self._recorder = self._new_recorder()
+        return rec
+
+    def _new_recorder(self) -> Recorder:
+        s = self.settings
+        client = sync_client(
+            s,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            # A change the worker makes while Redis is away (restarting, failing over) is retried
+            # for about half a minute rather than lost; the task waits meanwhile.
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        return Recorder(
+            client,
+            self.keys,
+            s.task_ttl_seconds,
+            s.events_retained,
+            s.global_events_retained,
+            min_replicas=s.record_min_replicas,
+            replica_timeout_ms=s.record_replica_timeout_ms,
+        )
+
+    def forget_client(self) -> None:
+        """In a forked child: the parent's sockets are not ours to use (or close)."""
+        self._recorder = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.client.close()
+            self._recorder = None
+
+
+_tracked: weakref.WeakKeyDictionary[Celery, Tracking] = weakref.WeakKeyDictionary()
+
+
+def track(app: Celery, settings: Settings) -> Tracking:
+    """Make `app` record every task it sends or runs, with the record as its result backend."""
+    app.conf.update(taskstream_settings=settings, result_backend=RESULT_BACKEND)
+    tracking = _tracked[app] = Tracking(settings)
+    # The handlers are process-wide (Celery's signals are); they act for tracked apps only.
+    import taskstream.signals  # noqa: F401
+
+    return tracking
+
+
+def tracking(app: Celery) -> Tracking:
+    found = _tracked.get(app)
+    if found is None:
+        settings = app.conf.get("taskstream_settings")
+        if settings is None:
+            raise RuntimeError("this Celery app was not configured by taskstream.init_celery")
+        found = _tracked[app] = Tracking(settings)
+    return found
+
 
 def settings_of(app: Celery) -> Settings:
-    settings = app.conf.get("taskstream_settings")
-    if settings is None:
-        raise RuntimeError("this Celery app was not made by taskstream.celery_app.create_celery")
-    return settings
+    return tracking(app).settings
 
 
 def recorder(app: Celery) -> Recorder:
-    # One per process: prefork children must not share the parent's sockets.
-    cached = getattr(app, "_taskstream_recorder", None)
-    if cached is not None and cached[0] == os.getpid():
-        return cached[1]
-    settings = settings_of(app)
-    client = sync_client(
-        settings,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=2,
-        health_check_interval=30,
-        # A change the worker makes while Redis is away (restarting, failing over) is retried
-        # for about half a minute rather than lost; the task waits meanwhile.
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    return tracking(app).recorder
+
+
+def is_tracked(app: Celery) -> bool:
+    return app in _tracked
+
+
+def forget_clients() -> None:
+    for t in _tracked.values():
+        t.forget_client()
+
+
+def close_clients() -> None:
+    for t in _tracked.values():
+        t.close()
+
+
+def publishing_app(reply_to: str | None) -> tuple[Celery, Tracking] | None:
+    """The tracked app that is publishing a message, found by its `reply_to` property.
+
+    Celery stamps every message it sends with the sending app's per-thread id (`thread_oid`)
+    unless the caller set `reply_to`; before_task_publish says nothing else about the app, and a
+    process may hold apps that are not tracked.
+    """
+    if not reply_to:
+        return None
+    for app, t in _tracked.items():
+        if app.thread_oid == reply_to:
+            return app, t
+    return None
+
+
+def stored_json(value: Any, limit: int) -> Any:
+    """A value as the dashboard gets it: itself when it is JSON within `limit` bytes."""
+    try:
+        size = len(dumps(value).encode())
+    except (TypeError, ValueError):
+        return {"unencodable": True, "repr": repr(value)[:limit]}
+    return value if size <= limit else {"truncated": True, "bytes": size}
+
+
+def creation(
+    t: Tracking,
+    task_id: str,
+    name: str,
+    *,
+    args: Any = None,
+    kwargs: Any = None,
+    owner: str = "",
+    queue: str | None = None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    group_id: str | None = None,
+    eta: str | None = None,
+) -> Change:
+    """The change that creates a task's record (PENDING, seq 1) from what its message says."""
+    now = time.time()
+    at = utcnow()
+    limit = t.settings.args_stored_bytes
+    details = {
+        "args": stored_json(list(args or ()), limit),
+        "kwargs": stored_json(dict(kwargs or {}), limit),
+        "queue": queue,
+        "parent_id": parent_id,
+        "root_id": root_id,
+        "group_id": group_id,
+        "eta": eta,
+    }
+    fields = new_task_fields(
+        task_id, name, at, owner, {k: v for k, v in details.items() if v is not None}
     )
-    rec = Recorder(
-        client,
-        Keys(settings.key_prefix),
-        settings.task_ttl_seconds,
-        settings.events_retained,
-        settings.global_events_retained,
-        min_replicas=settings.record_min_replicas,
-        replica_timeout_ms=settings.record_replica_timeout_ms,
-    )
-    app._taskstream_recorder = (os.getpid(), rec)
-    return rec
+    return Change(task_id, fields, create=True, score=now, at=at, clock=now, parent_id=parent_id)
+
+
+def message_payload(body: Any) -> tuple[Any, Any]:
+    """A task message's args and kwargs, for protocol 2 (a tuple) and protocol 1 (a dict)."""
+    if isinstance(body, dict):
+        return body.get("args"), body.get("kwargs")
+    if isinstance(body, list | tuple) and len(body) >= 2:
+        return body[0], body[1]
+    return None, None
+
+
+@dataclass
+class _Submission:
+    task_id: str
+    outcome: Outcome | None = None
+
+
+class NotRecorded(BaseException):
+    """The record of a submission could not be created, so its message must not be sent.
+
+    A BaseException because Celery's signal dispatch logs and swallows every Exception a handler
+    raises; this one passes through to `submit`, which turns it back into the store's error.
+    Only `submit` ever sees it: other producers' messages are sent anyway and recorded on receipt.
+    """
+
+    def __init__(self, cause: Exception):
+        super().__init__(cause)
+        self.cause = cause
+
+
+class NotQueued(Exception):
+    """The record was created but the message could not be sent."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__("the task could not be queued")
+        self.outcome = outcome
+
+
+_submission: ContextVar[_Submission | None] = ContextVar("taskstream_submission", default=None)
+
+
+def submit(task: Any, task_id: str, kwargs: dict[str, Any], owner: str) -> Outcome:
+    """Send one task as POST /tasks does and return the PENDING record before_task_publish made.
+
+    One way to create a record: the route publishes like any producer; the signal handler
+    records and hands its outcome back here. Raises the store's error when the record could not
+    be created (nothing is sent then), NotQueued when the message could not be sent.
+    """
+    sub = _Submission(task_id)
+    token = _submission.set(sub)
+    try:
+        task.apply_async(kwargs=kwargs, task_id=task_id, headers={OWNER_HEADER: owner})
+    except NotRecorded as exc:
+        raise exc.cause from None
+    except Exception as exc:
+        if sub.outcome is None:
+            raise
+        raise NotQueued(sub.outcome) from exc
+    finally:
+        _submission.reset(token)
+    if sub.outcome is None:
+        raise RuntimeError(f"task {task.name} was sent by an app taskstream does not track")
+    return sub.outcome
+
+
+def record_publish(t: Tracking, change: Change) -> None:
+    """Create the record of a message about to be published (before_task_publish)."""
+    sub = _submission.get()
+    mine = sub is not None and sub.task_id == change.task_id
+    try:
+        outcome = t.recorder.record(change)
+    except Exception as exc:
+        if mine:
+            raise NotRecorded(exc) from exc
+        # The message goes out anyway: the worker records it on receipt.
+        log.exception("could not record task %s when sent", change.task_id)
+        return
+    if mine and sub is not None:
+        sub.outcome = outcome
+
+
+# What `record` answers when Redis could not be reached: UNKNOWN, but not "no such task".
+FAILED = Outcome(Status.UNKNOWN, None)
+
+
+def record(app: Celery, change: Change) -> Outcome:
+    """Record a change from a worker; failures are logged (the task goes on) and read FAILED."""
+    try:
+        return recorder(app).record(change)
+    except Exception:
+        log.exception("could not record %s for task %s", change.set.get("state"), change.task_id)
+        return FAILED
+
+
+def record_or_create(app: Celery, change: Change, name: str | None) -> Outcome:
+    """Record a change, first creating the task's record if it has none (a message from a
+    producer that knows nothing of taskstream, a chain step Celery fails without sending)."""
+    outcome = record(app, change)
+    if outcome.status is Status.UNKNOWN and outcome is not FAILED:
+        try:
+            recorder(app).record(creation(tracking(app), change.task_id, name or "unknown"))
+        except Exception:
+            log.exception("could not create the record of task %s", change.task_id)
+            return outcome
+        outcome = record(app, change)
+    return outcome
+
+
+def error_of(app: Celery, exc: BaseException, traceback: Any = None) -> tuple[dict[str, Any], str]:
+    """What a task's `error` says about an exception, and the exception's module (kept apart, so
+    AsyncResult can raise the same class)."""
+    name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
+    module = getattr(exc, "exc_module", None) or type(exc).__module__
+    error: dict[str, Any] = {"type": name, "message": str(exc)}
+    if settings_of(app).expose_tracebacks and traceback is not None:
+        error["traceback"] = (
+            traceback if isinstance(traceback, str) else "".join(tb.format_tb(traceback))
+        )
+    return error, module
+
+
+def record_started(app: Celery, request: Any) -> Status:
+    """STARTED for the attempt `request` describes (after RETRY, for a retried one)."""
+    attempt = request.retries or 0
+    if attempt:
+        # The retry's new message can be taken by another pool process before the old one
+        # records RETRY (countdown=0): then record RETRY first, so the states stay in order;
+        # the old one's late RETRY is refused as superseded.
+        record(
+            app,
+            Change(
+                request.id,
+                {"state": TaskState.RETRY, "retries": attempt},
+                only_if_retries_below=attempt,
+            ),
+        )
+    now = time.time()
+    fields = {
+        "state": TaskState.STARTED,
+        "retries": attempt,
+        "error": None,
+        "worker": request.hostname,
+        "started_ts": now,
+    }
+    return record(app, Change(request.id, fields, {"started_at": utcnow()}, clock=now)).status
+
+
+def record_retry(app: Celery, request: Any, exc: BaseException, traceback: Any = None) -> None:
+    # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
+    attempt = (request.retries or 0) + 1
+    error, module = error_of(app, exc, traceback)
+    fields = {"state": TaskState.RETRY, "retries": attempt, "error": error, "error_module": module}
+    record(app, Change(request.id, fields, only_if_retries_below=attempt))

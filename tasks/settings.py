@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     # A bearer token for Prometheus scrapers: it reads GET /metrics and nothing else. With
     # authentication on admins read it too; with it off and no METRICS_TOKEN, it is open.
     metrics_token: str = ""
+    # A task's arguments are kept with its record for the dashboard up to this size as JSON;
+    # larger ones are stored as {"truncated": true, "bytes": N}.
+    args_stored_bytes: int = Field(4096, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

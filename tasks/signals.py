@@ -1,134 +1,132 @@
-"""Celery's signals, turned into recorded changes: the worker side of signal → record → pub/sub.
+"""Celery's signals, for what only signals see: a message being published, a message received by a
+worker, the per-process start of a pool child, and the start and retry of tasks whose class is
+not taskstream's (the others record them through TrackedTask's hooks).
 
-Each handler runs in the process where Celery raises the signal (RECEIVED and REVOKED in the
-worker's main process, the rest in the pool child running the task) and records there, so the
-change is stamped by the process that made it. Handlers only ever record changes of tasks in the
-registry; anything else a worker runs is none of the record's business.
+Everything a result backend sees (SUCCESS, FAILURE, REVOKED, update_state) is recorded by
+taskstream.backend, for every task of the app whatever its class. Handlers act only for apps
+taskstream tracks (taskstream.recording.track).
 """
 
 from __future__ import annotations
 
-import logging
-import traceback as tb
 from typing import Any
 
-from celery import current_app
+from celery import current_task
 from celery.signals import (
-    task_failure,
+    before_task_publish,
     task_prerun,
     task_received,
     task_retry,
-    task_revoked,
-    task_success,
+    worker_process_init,
+    worker_process_shutdown,
 )
+from celery.worker import state as worker_state
 
-from taskstream.record import Change, Status, dumps, utcnow
-from taskstream.recording import recorder, settings_of
-from taskstream.registry import REGISTRY
+from taskstream import recording
+from taskstream.record import Change, Status
+from taskstream.recording import OWNER_HEADER
 from taskstream.states import TaskState
-
-log = logging.getLogger(__name__)
-
-
-def _record(
-    task_id: str, fields: dict[str, Any], retries_below: int | None = None, **set_if_absent: Any
-) -> Status:
-    change = Change(task_id, fields, set_if_absent, only_if_retries_below=retries_below)
-    try:
-        return recorder(current_app).record(change).status
-    except Exception:
-        # A signal handler that raises is logged and ignored by Celery; say which task it was.
-        log.exception("could not record %s for task %s", fields.get("state"), task_id)
-        return Status.UNKNOWN
+from taskstream.tracked import TrackedTask
 
 
-def _error(exc: BaseException, traceback: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    if settings_of(current_app).expose_tracebacks and traceback is not None:
-        error["traceback"] = "".join(tb.format_tb(traceback))
-    return error
+@before_task_publish.connect
+def _on_publish(
+    sender: Any = None,
+    body: Any = None,
+    routing_key: str | None = None,
+    headers: dict[str, Any] | None = None,
+    properties: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    # In the producer, before the message can reach any worker: the task can be polled and
+    # followed by its id as soon as whoever sent it has the id. A retry's new message finds the
+    # record there already, and creating changes nothing then.
+    found = recording.publishing_app((properties or {}).get("reply_to"))
+    if found is None or not headers or not headers.get("id"):
+        return
+    _, t = found
+    owner = headers.get(OWNER_HEADER)
+    if owner is None:
+        parent = current_task.request if current_task else None
+        owner = getattr(parent, OWNER_HEADER, None) or ""
+    args, kwargs = recording.message_payload(body)
+    change = recording.creation(
+        t,
+        headers["id"],
+        headers.get("task") or str(sender),
+        args=args,
+        kwargs=kwargs,
+        owner=owner,
+        queue=routing_key or None,
+        parent_id=headers.get("parent_id"),
+        root_id=headers.get("root_id"),
+        group_id=headers.get("group"),
+        eta=headers.get("eta"),
+    )
+    recording.record_publish(t, change)
 
 
 @task_received.connect
 def _on_received(request: Any = None, **_: Any) -> None:
-    # A retry's new message is received too; the contract shows RETRY followed by STARTED.
-    if request.name in REGISTRY and not request.request_dict.get("retries"):
-        _record(request.id, {"state": TaskState.RECEIVED})
+    app = request.task.app if request.task is not None else None
+    if app is None or not recording.is_tracked(app):
+        return
+    if request.request_dict.get("retries"):
+        # A retry's new message: the contract shows RETRY followed by STARTED, no RECEIVED.
+        return
+    change = Change(request.id, {"state": TaskState.RECEIVED, "worker": request.hostname})
+    outcome = recording.record(app, change)
+    if outcome.status is Status.UNKNOWN and outcome is not recording.FAILED:
+        # Sent by a producer that knows nothing of taskstream: recorded from here on.
+        recording.recorder(app).record(_creation_on_receipt(app, request))
+        outcome = recording.record(app, change)
+    if outcome.status is Status.TERMINAL:
+        # Cancelled before any worker had it (perhaps before a restart that forgot Celery's own
+        # revoked list): Celery's revoked set makes this worker skip it, acknowledge it and call
+        # the backend's mark_as_revoked, for every task class.
+        worker_state.revoked.add(request.id)
+
+
+def _creation_on_receipt(app: Any, request: Any) -> Change:
+    headers = request.request_dict
+    return recording.creation(
+        recording.tracking(app),
+        request.id,
+        request.name,
+        args=request.args,
+        kwargs=request.kwargs,
+        owner=headers.get(OWNER_HEADER) or "",
+        queue=(request.delivery_info or {}).get("routing_key"),
+        parent_id=request.parent_id,
+        root_id=request.root_id,
+        group_id=headers.get("group"),
+        eta=headers.get("eta"),
+    )
 
 
 @task_prerun.connect
-def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
-    if task.name not in REGISTRY:
+def _on_prerun(task: Any = None, **_: Any) -> None:
+    # TrackedTask records its own start (before_start), where it can also stop a cancelled task.
+    if isinstance(task, TrackedTask) or not recording.is_tracked(task.app):
         return
-    attempt = task.request.retries
-    if attempt:
-        # The retry's new message can be taken by another pool process before the old one
-        # records RETRY (countdown=0): then record RETRY first, so the states stay in order;
-        # the old one's late RETRY is refused as superseded.
-        _record(task_id, {"state": TaskState.RETRY, "retries": attempt}, retries_below=attempt)
-    status = _record(
-        task_id,
-        {"state": TaskState.STARTED, "retries": attempt, "error": None},
-        started_at=utcnow(),
-    )
-    if status is Status.TERMINAL:
-        # Already REVOKED: taskstream.tracked.TrackedTask will not run it.
-        task.request.taskstream_cancelled = True
+    recording.record_started(task.app, task.request)
 
 
 @task_retry.connect
-def _on_retry(request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
-    if request.task not in REGISTRY:
+def _on_retry(sender: Any = None, request: Any = None, reason: Any = None, **kw: Any) -> None:
+    if isinstance(sender, TrackedTask) or not recording.is_tracked(sender.app):
         return
+    einfo = kw.get("einfo")
     cause = getattr(reason, "exc", None) or reason
-    # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
-    attempt = request.retries + 1
-    fields = {"state": TaskState.RETRY, "retries": attempt, "error": _error(cause)}
-    _record(request.id, fields, retries_below=attempt)
+    recording.record_retry(sender.app, request, cause, getattr(einfo, "traceback", None))
 
 
-@task_success.connect
-def _on_success(sender: Any = None, result: Any = None, **_: Any) -> None:
-    if sender.name not in REGISTRY:
-        return
-    task_id = sender.request.id
-    try:
-        dumps(result)
-    except (TypeError, ValueError) as exc:
-        fields = {
-            "state": TaskState.FAILURE,
-            "error": {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"},
-        }
-    else:
-        fields = {"state": TaskState.SUCCESS, "result": result}
-    _record(task_id, {**fields, "finished_at": utcnow()})
+@worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    # A prefork child: its own Redis connections, never the parent's copied sockets.
+    recording.forget_clients()
 
 
-@task_failure.connect
-def _on_failure(
-    sender: Any = None,
-    task_id: str = "",
-    exception: BaseException | None = None,
-    traceback: Any = None,
-    **_: Any,
-) -> None:
-    if sender is None or sender.name not in REGISTRY or exception is None:
-        return
-    _record(
-        task_id,
-        {
-            "state": TaskState.FAILURE,
-            "error": _error(exception, traceback),
-            "finished_at": utcnow(),
-        },
-    )
-
-
-@task_revoked.connect
-def _on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    # `request` is a worker Request, or a task Context when revoked from inside the task.
-    name = getattr(sender, "name", None) or getattr(request, "name", None)
-    if request is None or name not in REGISTRY:
-        return
-    # Usually the web process recorded REVOKED first and this finds the task terminal already.
-    _record(request.id, {"state": TaskState.REVOKED, "finished_at": utcnow()})
+@worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    recording.close_clients()

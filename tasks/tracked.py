@@ -1,4 +1,8 @@
-"""The base class of registered tasks: a cancelled task never runs, wherever it is delivered."""
+"""The base class of taskstream's own tasks: it records its start and retries through Celery's
+task hooks, and a cancelled task never runs, wherever it is delivered.
+
+Tasks of any other class are recorded all the same (taskstream.signals, taskstream.backend).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,23 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from taskstream.record import Status
+from taskstream.recording import record_retry, record_started
+
 
 class TrackedTask(Task):
     # Settings for every registered task; see taskstream.celery_app for the worker-wide ones.
     acks_late = True
     track_started = True
-    ignore_result = True
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # task_prerun (taskstream.signals) found the record already REVOKED: the cancel reached
-        # Redis before this worker ran the task, possibly before a restart that forgot Celery's own
-        # in-memory list of revoked ids. The record is the durable truth.
-        if getattr(self.request, "taskstream_cancelled", False):
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        # The record says REVOKED: the cancel reached Redis before this worker ran the task,
+        # perhaps before a restart that forgot Celery's own in-memory list of revoked ids. The
+        # record is the durable truth.
+        if record_started(self.app, self.request) is Status.TERMINAL:
             raise Ignore()
-        return super().__call__(*args, **kwargs)
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        record_retry(self.app, self.request, exc, getattr(einfo, "traceback", None))

@@ -1,0 +1,418 @@
+"""A Celery result backend whose store is the record: `AsyncResult` answers what GET /tasks/{id}
+answers, and `get()` waits on the record's change announcements.
+
+Set as the app's `result_backend` by taskstream.recording.track (init_celery). What a backend is
+told, it records, for every task of the app whatever its class or `ignore_result`: SUCCESS
+(`mark_as_done`), FAILURE (`mark_as_failure`, also for a worker lost mid-task), REVOKED
+(`mark_as_revoked`) and whatever a task reports with `update_state`. STARTED and RETRY come from
+the task hooks and signals instead (taskstream.tracked, taskstream.signals): Celery tells a
+backend of those only for tasks that keep results.
+
+Groups and chords reuse Celery's Redis machinery (the header's saved group, the chord's join
+list and counters), under the deployment's prefix. That bookkeeping is only ever read to run a
+chord's body; a task's state and result are read from the record alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from celery import current_task, states
+from celery.backends.asynchronous import BaseResultConsumer
+from celery.backends.redis import RedisBackend
+from celery.exceptions import Ignore, TaskRevokedError
+from kombu.exceptions import EncodeError
+
+from taskstream.progress import progress_of
+from taskstream.record import Change, Outcome, Status, dumps, split_announcement, utcnow
+from taskstream.recording import error_of, record_or_create, recorder, tracking
+from taskstream.states import TERMINAL, TaskState
+
+log = logging.getLogger(__name__)
+
+# What a Celery meta is made of, read with the snapshot: the exception's module is kept apart from
+# `error` (clients see type and message) so that AsyncResult raises the task's own class.
+_META_FIELDS = ("state", "progress", "result", "error", "finished_at", "worker", "error_module")
+
+# Recorded by the task hooks and signals, for every task; a backend hears of them only for tasks
+# that keep results (and STARTED before the task could be stopped when cancelled).
+_NOT_STORED_HERE = frozenset({states.PENDING, states.RECEIVED, states.STARTED, states.RETRY})
+
+
+def _exception(type_name: str, message: str, module: str | None) -> dict[str, Any]:
+    # Celery's own JSON form of an exception, turned back into one by exception_to_python.
+    return {"exc_type": type_name, "exc_message": [message], "exc_module": module}
+
+
+def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[str, Any]:
+    """Celery's meta of a task (status, result, traceback, children, date_done) from its record."""
+    state = values.get("state")
+    error = values.get("error") or {}
+    result: Any = None
+    status = state
+    if state == TaskState.PROGRESS:
+        progress = values.get("progress") or {}
+        status = progress.get("state") or TaskState.PROGRESS
+        if "meta" in progress:
+            result = progress["meta"]
+        else:
+            result = {k: progress.get(k) for k in ("current", "total", "percent", "message")}
+    elif state == TaskState.STARTED:
+        result = {"hostname": values.get("worker")}
+    elif state == TaskState.SUCCESS:
+        result = values.get("result")
+    elif state in (TaskState.FAILURE, TaskState.RETRY):
+        result = _exception(
+            error.get("type", "Exception"), error.get("message", ""), values.get("error_module")
+        )
+    elif state == TaskState.REVOKED:
+        result = _exception("TaskRevokedError", "revoked", "celery.exceptions")
+    return {
+        "task_id": task_id,
+        "status": status,
+        "result": result,
+        "traceback": error.get("traceback"),
+        "children": [[[child, None], None] for child in children],
+        "date_done": values.get("finished_at"),
+    }
+
+
+class RecordResultConsumer(BaseResultConsumer):
+    """Waits on the record's one change channel, only while someone waits.
+
+    The channel carries every change of every task, so it is subscribed for the length of a
+    wait (and dropped after, so no unread announcements pile up in Redis for this client). The
+    state is read after subscribing, so no change between the read and the subscription is lost.
+    """
+
+    _connection_errors = (redis.ConnectionError, redis.TimeoutError)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._reset_sync()
+
+    def _reset_sync(self) -> None:
+        self._cond = threading.Condition()
+        self._pubsub: Any = None
+        self._waiters = 0
+        self._reading = False
+
+    def start(self, initial_task_id: str, **kwargs: Any) -> None:
+        pass
+
+    def consume_from(self, task_id: str) -> None:
+        pass
+
+    def cancel_for(self, task_id: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        with self._cond:
+            self._close()
+
+    def on_after_fork(self) -> None:
+        # The parent's subscription socket is not ours to read or close.
+        self._reset_sync()
+
+    def _close(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                log.debug("closing the result subscription failed", exc_info=True)
+            self._pubsub = None
+
+    def _subscribe(self) -> None:
+        pubsub = self.backend.client.pubsub()
+        pubsub.subscribe(self.backend.keys.channel)
+        # Confirmed before the state is read: a change announced in between reaches us.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1.0)
+            if message and message.get("type") == "subscribe":
+                break
+        else:
+            pubsub.close()
+            raise redis.TimeoutError("no confirmation of the result subscription")
+        self._pubsub = pubsub
+
+    def _wait_for_pending(self, result: Any, **kwargs: Any) -> Iterator[None]:
+        with self._cond:
+            self._waiters += 1
+            if self._pubsub is None:
+                self._subscribe()
+        try:
+            yield from super()._wait_for_pending(result, **kwargs)
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                if not self._waiters:
+                    self._close()
+
+    def on_wait_for_pending(self, result: Any, timeout: float | None = None, **kw: Any) -> None:
+        for meta in result._iter_meta(**kw):
+            if meta is not None:
+                self.on_state_change(meta, None)
+
+    def _waited_on(self, task_id: str) -> bool:
+        return any(task_id in mapping for mapping in self._pending_results)
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        with self._cond:
+            pubsub = self._pubsub
+            if pubsub is not None and self._reading:
+                # Another thread reads the socket; it wakes us after each message it handles.
+                self._cond.wait(1.0 if timeout is None else timeout)
+                return
+            self._reading = pubsub is not None
+        if pubsub is None:
+            time.sleep(timeout or 0)
+            return
+        try:
+            with self.reconnect_on_error():
+                message = pubsub.get_message(timeout=1.0 if timeout is None else timeout)
+            if message and message.get("type") == "message":
+                self._on_announcement(message["data"])
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()
+
+    def _on_announcement(self, data: str) -> None:
+        header, snapshot = split_announcement(data)
+        if not self._waited_on(header.task_id):
+            return
+        if header.state in TERMINAL:
+            # One read for the few fields the snapshot leaves out (the exception's module).
+            meta = self.backend.get_task_meta(header.task_id, cache=False)
+        elif self.on_message is not None:
+            meta = self.backend.meta_from_decoded(meta_of(header.task_id, json.loads(snapshot), []))
+        else:
+            return
+        self.on_state_change(meta, None)
+
+    def _reconnect(self) -> None:
+        # Changes may have been announced while the connection was down: read them instead.
+        with self._cond:
+            self._close()
+            self._subscribe()
+        for mapping in list(self._pending_results):
+            for task_id in list(mapping):
+                meta = self.backend.get_task_meta(task_id, cache=False)
+                if meta["status"] in states.READY_STATES:
+                    self.on_state_change(meta, None)
+
+
+class RecordBackend(RedisBackend):
+    """Celery's result backend, answered from (and written to) the record."""
+
+    ResultConsumer = RecordResultConsumer
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.pop("url", None)
+        super().__init__(*args, **kwargs)
+        self.keys = tracking(self.app).keys
+
+    def _add_global_keyprefix(self) -> None:
+        # Celery's group and chord keys, under the deployment's prefix.
+        prefix = tracking(self.app).keys.celery_result_prefix
+        self.task_keyprefix = f"{prefix}{self.task_keyprefix}"
+        self.group_keyprefix = f"{prefix}{self.group_keyprefix}"
+        self.chord_keyprefix = f"{prefix}{self.chord_keyprefix}"
+
+    @property  # type: ignore[override]
+    def client(self) -> Any:
+        # The record's own client for this process (a new one in each prefork child).
+        return recorder(self.app).client
+
+    def as_uri(self, include_password: bool = False) -> str:
+        return "taskstream://record"
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        # Nothing to subscribe to when sending: a wait subscribes for as long as it lasts.
+        pass
+
+    # Reading -------------------------------------------------------------------------------
+
+    def _read(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        keys = self.keys
+        with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hmget(keys.task(task_id), _META_FIELDS)
+                pipe.smembers(keys.children(task_id))
+            raw = pipe.execute()
+        metas: list[dict[str, Any] | None] = []
+        for task_id, values, children in zip(task_ids, raw[::2], raw[1::2], strict=True):
+            if values[0] is None:
+                metas.append(None)
+                continue
+            decoded = {
+                name: None if value is None else json.loads(value)
+                for name, value in zip(_META_FIELDS, values, strict=True)
+            }
+            metas.append(self.meta_from_decoded(meta_of(task_id, decoded, sorted(children))))
+        return metas
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        meta = self._read([task_id])[0]
+        # Celery's answer for an id it knows nothing of.
+        return meta or {"status": states.PENDING, "result": None}
+
+    def task_result_exists(self, task_id: str) -> bool:
+        return bool(self.client.exists(self.keys.task(task_id)))
+
+    def get_many(
+        self,
+        task_ids: Any,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        ids = set(task_ids)
+        iterations = 0
+        while ids:
+            ordered = list(ids)
+            for task_id, meta in zip(ordered, self._read(ordered), strict=True):
+                if meta is not None and meta["status"] in READY_STATES:
+                    ids.discard(task_id)
+                    if meta["status"] == states.SUCCESS:
+                        self._cache[task_id] = meta
+                    if on_message is not None:
+                        on_message(meta)
+                    yield task_id, meta
+            iterations += 1
+            if not ids or (max_iterations and iterations >= max_iterations):
+                return
+            if timeout and iterations * interval >= timeout:
+                raise TimeoutError(f"operation timed out ({timeout})")
+            if on_interval:
+                on_interval()
+            time.sleep(interval)
+
+    def _forget(self, task_id: str) -> None:
+        # The record keeps a task for TASK_TTL_SECONDS whatever Celery forgets.
+        pass
+
+    # Writing -------------------------------------------------------------------------------
+
+    def store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if state in _NOT_STORED_HERE:
+            return result
+        self._record(task_id, result, state, traceback, request)
+        return result
+
+    def _record(
+        self, task_id: str, result: Any, state: str, traceback: Any, request: Any
+    ) -> Outcome:
+        name = getattr(request, "task", None) or getattr(request, "name", None)
+        if not isinstance(name, str):
+            name = None
+        now = utcnow()
+        if state == states.SUCCESS:
+            fields: dict[str, Any] = {"state": TaskState.SUCCESS, "result": result}
+        elif state in (states.FAILURE, states.REVOKED):
+            fields = {"state": state}
+            if state == states.FAILURE:
+                exc = result if isinstance(result, BaseException) else Exception(str(result))
+                fields["error"], fields["error_module"] = error_of(self.app, exc, traceback)
+        else:
+            outcome = record_or_create(
+                self.app,
+                Change(
+                    task_id,
+                    {"state": TaskState.PROGRESS, "progress": progress_of(state, result)},
+                    at=now,
+                ),
+                name,
+            )
+            running = current_task.request.id if current_task else None
+            if outcome.status is Status.TERMINAL and running == task_id:
+                # update_state from a task that was cancelled: it stops here, as with
+                # report_progress.
+                raise Ignore()
+            return outcome
+        fields["finished_at"] = now
+        return record_or_create(self.app, Change(task_id, fields, at=now), name)
+
+    def mark_as_started(self, task_id: str, **meta: Any) -> Any:
+        return meta
+
+    def mark_as_done(
+        self,
+        task_id: str,
+        result: Any,
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.SUCCESS,
+    ) -> None:
+        # Recorded whatever the task's ignore_result: the record follows every task.
+        try:
+            dumps(result)
+        except (TypeError, ValueError) as exc:
+            error = {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"}
+            record_or_create(
+                self.app,
+                Change(
+                    task_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()}
+                ),
+                None,
+            )
+            # Celery then fails the task as it would with its own JSON backend.
+            raise EncodeError(str(exc)) from exc
+        outcome = self._record(task_id, result, state, None, request)
+        if request and request.chord:
+            if (
+                outcome.status is Status.TERMINAL
+                and (outcome.snapshot or {}).get("state") == TaskState.REVOKED
+            ):
+                # Cancelled while it ran: the chord hears what the record says.
+                state, result = states.REVOKED, TaskRevokedError("revoked")
+            self.on_chord_part_return(request, state, result)
+
+    def mark_as_failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: Any = None,
+        request: Any = None,
+        store_result: bool = True,
+        call_errbacks: bool = True,
+        state: str = states.FAILURE,
+    ) -> None:
+        super().mark_as_failure(
+            task_id,
+            exc,
+            traceback,
+            request,
+            store_result=True,
+            call_errbacks=call_errbacks,
+            state=state,
+        )
+
+    def mark_as_revoked(
+        self,
+        task_id: str,
+        reason: str = "",
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.REVOKED,
+    ) -> None:
+        super().mark_as_revoked(task_id, reason, request, store_result=True, state=state)

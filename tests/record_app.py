@@ -1,0 +1,58 @@
+"""The worker app of the recording tests (`celery -A tests.record_app worker`): taskstream's own
+app, plus plain `@shared_task` tasks with Celery's default base class, as a project writes them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import shared_task
+
+from taskstream.celery_app import create_celery
+
+app = create_celery()
+
+
+@shared_task
+def plain_add(x: float, y: float) -> float:
+    return x + y
+
+
+@shared_task
+def total(values: list[float]) -> float:
+    return sum(values)
+
+
+@shared_task(bind=True)
+def stages(self: Any, n: int) -> str:
+    """Reports progress the way celery-progress and the tutorials do."""
+    for i in range(1, n + 1):
+        meta = {"current": i, "total": n, "message": f"stage {i}", "unit": "files"}
+        self.update_state(state="PROGRESS", meta=meta)
+    return "staged"
+
+
+@shared_task(bind=True)
+def custom_state(self: Any, gate: str) -> str:
+    """Reports a state of its own, then waits until the test has looked (a key named `gate`)."""
+    self.update_state(state="DOWNLOADING", meta={"file": "a.csv", "done": 3})
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    deadline = time.monotonic() + 30
+    while not client.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "downloaded"
+
+
+@shared_task(bind=True, max_retries=2)
+def retry_once(self: Any) -> str:
+    if self.request.retries == 0:
+        raise self.retry(exc=ValueError("first attempt fails"), countdown=0.1)
+    return "ok"
+
+
+@shared_task
+def explode(message: str) -> None:
+    raise KeyError(message)

@@ -1,0 +1,351 @@
+"""Every task the Celery app runs is recorded, however it was sent, and Celery's own APIs
+(update_state, AsyncResult, canvas) work on the record.
+
+Real Redis, a real worker running tests/record_app.py (plain `@shared_task` tasks beside the
+demonstration ones), a real web; producers are plain Python processes or this one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from celery import chain, chord, group
+from celery.exceptions import TaskRevokedError
+
+from taskstream.celery_app import create_celery
+from taskstream.settings import Settings
+from taskstream.web.launch import worker_command
+from tests.harness import (
+    Proc,
+    Service,
+    assert_contiguous,
+    direct_recorder,
+    poll_until_done,
+    python,
+    read_stream,
+    submit,
+    wait_for_worker,
+)
+
+APP = "tests.record_app"
+
+
+def start_worker(svc: Service, concurrency: int = 4) -> Proc:
+    cmd = [APP if part == "taskstream.worker" else part for part in worker_command(concurrency)]
+    cmd += ["--hostname", f"rec{len(svc.workers)}-{svc.prefix}@%h"]
+    proc = Proc(f"worker{len(svc.workers)}", cmd, svc.env, svc.log_dir).start()
+    svc.workers.append(proc)
+    wait_for_worker(proc)
+    return proc
+
+
+def states(events: list[tuple[int, dict]]) -> list[str]:
+    return [snap["state"] for _, snap in events]
+
+
+def run_python(svc: Service, code: str) -> list[str]:
+    """Run `code` in a plain Python process with the deployment's environment; its stdout lines."""
+    done = subprocess.run(
+        [python(), "-c", code], env=svc.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def rec(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = Service(redis_url, tmp_path_factory.mktemp("recording"))
+    try:
+        start_worker(svc)
+        svc.start_web()
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def app(rec: Service):
+    """A producer in this process: the app as create_celery makes it for this deployment."""
+    import tests.record_app  # noqa: F401  (registers the shared tasks)
+
+    celery = create_celery(Settings.from_env(redis_url=rec.redis_url, key_prefix=rec.prefix))
+    yield celery
+    celery.close()
+
+
+def test_every_way_of_sending_records_pending_at_once_then_the_worker_runs_it(make_service):
+    svc = make_service()
+    svc.start_web()
+    # No worker yet: what GET answers can only come from the producer.
+    ids = run_python(
+        svc,
+        "from celery import signature\n"
+        "import tests.record_app as m\n"
+        "print(m.plain_add.delay(2, 3).id)\n"
+        "print(m.plain_add.apply_async((4,), {'y': 5}, countdown=0).id)\n"
+        "print(m.app.send_task('tests.record_app.plain_add', args=(1, 1)).id)\n"
+        "print(signature('tests.record_app.plain_add', args=(10, 20), app=m.app).delay().id)\n"
+        "print(m.app.tasks['add'].delay(7, 8).id)\n",
+    )
+    assert len(ids) == 5
+    for task_id in ids:
+        response = httpx.get(f"{svc.url}/tasks/{task_id}")
+        assert response.status_code == 200, response.text
+        snap = response.json()
+        assert (snap["state"], snap["seq"]) == ("PENDING", 1)
+    assert httpx.get(f"{svc.url}/tasks/{ids[0]}").json()["task"] == "tests.record_app.plain_add"
+    assert httpx.get(f"{svc.url}/tasks/{ids[4]}").json()["task"] == "add"
+
+    recorder = direct_recorder(svc)
+    try:
+        details = recorder.details(ids[1])
+        assert details is not None
+        assert details["args"] == [4]
+        assert details["kwargs"] == {"y": 5}
+        assert details["queue"] == f"{svc.prefix}.tasks"
+        assert details["parent_id"] is None and details["children"] == []
+        assert recorder.details("no-such-task") is None
+    finally:
+        recorder.client.close()
+
+    start_worker(svc)
+    results = [5, 9, 2, 30, 15]
+    for task_id, expected in zip(ids, results, strict=True):
+        events = read_stream(svc.url, task_id, query="?last_event_id=0")
+        assert_contiguous([i for i, _ in events], first=1)
+        assert states(events) == ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+        assert events[-1][1]["result"] == expected
+    recorder = direct_recorder(svc)
+    try:
+        details = recorder.details(ids[0])
+        assert details is not None
+        assert details["worker"].startswith(f"rec0-{svc.prefix}@")
+        assert isinstance(details["runtime"], float) and details["runtime"] >= 0
+    finally:
+        recorder.client.close()
+
+
+def test_post_tasks_publishes_like_any_producer(rec):
+    snap = submit(rec.url, "add", x=1, y=2)
+    assert (snap["state"], snap["seq"]) == ("PENDING", 1)
+    assert poll_until_done(rec.url, snap["id"])["result"] == 3
+    recorder = direct_recorder(rec)
+    try:
+        details = recorder.details(snap["id"])
+        assert details is not None
+        assert details["kwargs"] == {"x": 1, "y": 2}
+        assert details["queue"] == f"{rec.prefix}.tasks"
+    finally:
+        recorder.client.close()
+
+
+def test_large_arguments_are_stored_truncated(app, rec):
+    big = "x" * 5000
+    result = app.tasks["tests.record_app.plain_add"].delay(big, "y")
+    assert result.get(timeout=30) == big + "y"
+    recorder = direct_recorder(rec)
+    try:
+        details = recorder.details(result.id)
+        assert details is not None
+        assert details["args"]["truncated"] is True
+        assert details["args"]["bytes"] > 4096
+    finally:
+        recorder.client.close()
+
+
+def test_a_chain_each_step_followable_and_listed_as_its_parents_child(app, rec):
+    add = app.tasks["tests.record_app.plain_add"]
+    result = chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()
+    assert result.get(timeout=30) == 10
+    steps = [result.parent.parent, result.parent, result]
+    snaps = [poll_until_done(rec.url, step.id) for step in steps]
+    assert [s["state"] for s in snaps] == ["SUCCESS"] * 3
+    assert [s["result"] for s in snaps] == [3, 6, 10]
+    recorder = direct_recorder(rec)
+    try:
+        first, second, third = (recorder.details(step.id) for step in steps)
+        assert first["children"] == [steps[1].id]
+        assert second["children"] == [steps[2].id]
+        assert second["parent_id"] == steps[0].id
+        assert third["root_id"] == steps[0].id
+    finally:
+        recorder.client.close()
+
+
+def test_a_failed_chain_step_fails_the_steps_after_it_in_both_views(app, rec):
+    add = app.tasks["tests.record_app.plain_add"]
+    explode = app.tasks["tests.record_app.explode"]
+    result = chain(add.s(1, 1), explode.si("mid-chain"), add.s(1)).apply_async()
+    with pytest.raises(KeyError):
+        result.get(timeout=30)
+    # The last step was never sent; Celery fails it, and so does the record.
+    last = poll_until_done(rec.url, result.id)
+    assert last["state"] == "FAILURE"
+    assert last["error"]["type"] == "KeyError"
+    assert app.AsyncResult(result.id).state == "FAILURE"
+
+
+def test_a_chord_and_a_group_return_their_results(app, rec):
+    add = app.tasks["tests.record_app.plain_add"]
+    total = app.tasks["tests.record_app.total"]
+    result = chord([add.s(i, i) for i in range(4)], total.s()).apply_async()
+    assert result.get(timeout=30) == 12
+    header = result.parent
+    members = [poll_until_done(rec.url, r.id) for r in header.results]
+    assert [m["result"] for m in members] == [0, 2, 4, 6]
+    recorder = direct_recorder(rec)
+    try:
+        assert {recorder.details(r.id)["group_id"] for r in header.results} == {header.id}
+    finally:
+        recorder.client.close()
+    assert poll_until_done(rec.url, result.id)["result"] == 12
+
+    grouped = group(add.s(i, 1) for i in range(3)).apply_async()
+    assert grouped.get(timeout=30) == [1, 2, 3]
+
+
+def test_update_state_progress_is_on_the_stream(app, rec):
+    result = app.tasks["tests.record_app.stages"].delay(3)
+    events = read_stream(rec.url, result.id, query="?last_event_id=0")
+    assert_contiguous([i for i, _ in events], first=1)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED"] + ["PROGRESS"] * 3 + ["SUCCESS"]
+    progress = [s["progress"] for _, s in events if s["state"] == "PROGRESS"]
+    assert [p["current"] for p in progress] == [1, 2, 3]
+    assert [p["total"] for p in progress] == [3, 3, 3]
+    assert [p["percent"] for p in progress] == [33.3, 66.7, 100.0]
+    assert progress[0]["message"] == "stage 1"
+    assert progress[0]["meta"] == {"current": 1, "total": 3, "message": "stage 1", "unit": "files"}
+    assert "state" not in progress[0]
+    assert result.get(timeout=10) == "staged"
+
+
+def test_a_custom_state_is_recorded_and_asyncresult_names_it(app, rec):
+    gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
+    result = app.tasks["tests.record_app.custom_state"].delay(gate)
+    deadline = time.monotonic() + 30
+    while result.state != "DOWNLOADING":
+        assert time.monotonic() < deadline, result.state
+        time.sleep(0.02)
+    assert result.info == {"file": "a.csv", "done": 3}
+    snap = httpx.get(f"{rec.url}/tasks/{result.id}").json()
+    assert snap["state"] == "PROGRESS"
+    assert snap["progress"]["state"] == "DOWNLOADING"
+    assert snap["progress"]["meta"] == {"file": "a.csv", "done": 3}
+    assert snap["progress"]["current"] is None
+    recorder = direct_recorder(rec)
+    try:
+        recorder.client.set(gate, "1", ex=60)
+    finally:
+        recorder.client.close()
+    assert result.get(timeout=30) == "downloaded"
+
+
+def test_a_message_from_a_producer_without_taskstream_is_recorded_on_receipt(rec):
+    # A bare Celery app: the same broker and queue, nothing of taskstream imported.
+    ids = run_python(
+        rec,
+        "import os\n"
+        "from celery import Celery\n"
+        "prefix = os.environ['KEY_PREFIX']\n"
+        "bare = Celery('bare', broker=os.environ['REDIS_URL'])\n"
+        "bare.conf.broker_transport_options = {'global_keyprefix': prefix + ':celery:'}\n"
+        "r = bare.send_task('tests.record_app.plain_add', args=(20, 22), queue=prefix + '.tasks')\n"
+        "import sys; assert 'taskstream' not in sys.modules\n"
+        "print(r.id)\n",
+    )
+    task_id = ids[-1]
+    done = poll_until_done(rec.url, task_id)
+    assert done["result"] == 42
+    events = read_stream(rec.url, task_id, query="?last_event_id=0")
+    assert_contiguous([i for i, _ in events], first=1)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+    recorder = direct_recorder(rec)
+    try:
+        details = recorder.details(task_id)
+        assert details is not None
+        assert details["args"] == [20, 22]
+        assert details["queue"] == f"{rec.prefix}.tasks"
+    finally:
+        recorder.client.close()
+
+
+def test_a_retry_is_not_created_twice(app, rec):
+    result = app.tasks["tests.record_app.retry_once"].delay()
+    assert result.get(timeout=30) == "ok"
+    events = read_stream(rec.url, result.id, query="?last_event_id=0")
+    assert_contiguous([i for i, _ in events], first=1)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "RETRY", "STARTED", "SUCCESS"]
+    assert {s["submitted_at"] for _, s in events} == {events[0][1]["submitted_at"]}
+    retry = events[3][1]
+    assert retry["retries"] == 1
+    assert retry["error"] == {"type": "ValueError", "message": "first attempt fails"}
+
+
+def asyncresult_view(result) -> dict:
+    return {"state": result.state, "ready": result.ready(), "successful": result.successful()}
+
+
+def test_asyncresult_answers_as_the_record_for_success(app, rec):
+    result = app.tasks["tests.record_app.plain_add"].delay(2, 2)
+    assert result.get(timeout=30) == 4
+    snap = httpx.get(f"{rec.url}/tasks/{result.id}").json()
+    fresh = app.AsyncResult(result.id)
+    assert asyncresult_view(fresh) == {"state": snap["state"], "ready": True, "successful": True}
+    assert fresh.result == fresh.info == snap["result"] == 4
+    assert fresh.date_done is not None
+
+
+def test_asyncresult_answers_as_the_record_for_failure(app, rec):
+    result = app.tasks["tests.record_app.explode"].delay("boom")
+    with pytest.raises(KeyError) as raised:
+        result.get(timeout=30)
+    assert "boom" in str(raised.value)
+    snap = httpx.get(f"{rec.url}/tasks/{result.id}").json()
+    assert snap["state"] == "FAILURE"
+    assert snap["error"] == {"type": "KeyError", "message": "'boom'"}
+    fresh = app.AsyncResult(result.id)
+    assert asyncresult_view(fresh) == {"state": "FAILURE", "ready": True, "successful": False}
+    assert isinstance(fresh.info, KeyError)
+
+
+def test_asyncresult_answers_as_the_record_for_revoked(app, rec):
+    snap = submit(rec.url, "sleep", seconds=30, steps=300)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{rec.url}/tasks/{snap['id']}").json()["state"] != "PROGRESS":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result = app.AsyncResult(snap["id"])
+    assert result.state == "PROGRESS"
+    assert result.info["current"] >= 1
+    assert httpx.delete(f"{rec.url}/tasks/{snap['id']}").status_code == 202
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=30)
+    assert asyncresult_view(app.AsyncResult(snap["id"])) == {
+        "state": "REVOKED",
+        "ready": True,
+        "successful": False,
+    }
+    assert httpx.get(f"{rec.url}/tasks/{snap['id']}").json()["state"] == "REVOKED"
+
+
+def test_get_waits_on_announcements(app, rec):
+    # A task whose result arrives while get() waits: the answer comes with the change, and the
+    # wait holds no subscription once it is over.
+    result = app.tasks["add"].delay(20, 1)
+    assert result.get(timeout=30, interval=30) == 21
+    recorder = direct_recorder(rec)
+    try:
+        channel = f"{rec.prefix}:changes"
+        deadline = time.monotonic() + 10
+        while recorder.client.pubsub_numsub(channel)[0][1] > 1:  # the web's hub only
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        recorder.client.close()
+    assert json.loads(json.dumps(result.result)) == 21
