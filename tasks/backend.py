@@ -222,11 +222,11 @@ class RecordBackend(RedisBackend):
     def _add_global_keyprefix(self) -> None:
         # Celery's group and chord keys, under the deployment's prefix.
         prefix = tracking(self.app).keys.celery_result_prefix
-        self.task_keyprefix = f"{prefix}{self.task_keyprefix}"
-        self.group_keyprefix = f"{prefix}{self.group_keyprefix}"
-        self.chord_keyprefix = f"{prefix}{self.chord_keyprefix}"
+        self.task_keyprefix = f"{prefix}celery-task-meta-"
+        self.group_keyprefix = f"{prefix}celery-taskset-meta-"
+        self.chord_keyprefix = f"{prefix}chord-unlock-"
 
-    @property  # type: ignore[override]
+    @property
     def client(self) -> Any:
         # The record's own client for this process (a new one in each prefork child).
         return recorder(self.app).client

@@ -20,7 +20,6 @@ from celery.exceptions import TaskRevokedError
 
 from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
-from taskstream.web.launch import worker_command
 from tests.harness import (
     Proc,
     Service,
@@ -31,15 +30,16 @@ from tests.harness import (
     read_stream,
     submit,
     wait_for_worker,
+    worker_command,
 )
 
-APP = "tests.record_app"
+APP = "tests.record_app:app"
 
 
 def start_worker(svc: Service, concurrency: int = 4) -> Proc:
-    cmd = [APP if part == "taskstream.worker" else part for part in worker_command(concurrency)]
-    cmd += ["--hostname", f"rec{len(svc.workers)}-{svc.prefix}@%h"]
-    proc = Proc(f"worker{len(svc.workers)}", cmd, svc.env, svc.log_dir).start()
+    name = f"rec{len(svc.workers)}"
+    cmd = worker_command(concurrency, f"{name}-{svc.prefix}@%h", app=APP)
+    proc = Proc(name, cmd, svc.env, svc.log_dir).start()
     svc.workers.append(proc)
     wait_for_worker(proc)
     return proc
@@ -75,6 +75,7 @@ def app(rec: Service):
     import tests.record_app  # noqa: F401  (registers the shared tasks)
 
     celery = create_celery(Settings.from_env(redis_url=rec.redis_url, key_prefix=rec.prefix))
+    celery.loader.import_default_modules()
     yield celery
     celery.close()
 
@@ -91,7 +92,8 @@ def test_every_way_of_sending_records_pending_at_once_then_the_worker_runs_it(ma
         "print(m.plain_add.apply_async((4,), {'y': 5}, countdown=0).id)\n"
         "print(m.app.send_task('tests.record_app.plain_add', args=(1, 1)).id)\n"
         "print(signature('tests.record_app.plain_add', args=(10, 20), app=m.app).delay().id)\n"
-        "print(m.app.tasks['add'].delay(7, 8).id)\n",
+        "import taskstream.demo as demo\n"
+        "print(demo.add.delay(7, 8).id)\n",
     )
     assert len(ids) == 5
     for task_id in ids:
