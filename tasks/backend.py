@@ -84,11 +84,12 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
 
 
 class RecordResultConsumer(BaseResultConsumer):
-    """Waits on the record's one change channel, only while someone waits.
+    """Waits on the record's announcements: each awaited task's own channel, as Celery's Redis
+    backend does with its own keys.
 
-    The channel carries every change of every task, so it is subscribed for the length of a
-    wait (and dropped after, so no unread announcements pile up in Redis for this client). The
-    state is read after subscribing, so no change between the read and the subscription is lost.
+    A task's state is read only once its channel's subscription is confirmed, so no change
+    between the read and the subscription is lost. One pub/sub connection per backend, used
+    under one lock (redis-py's PubSub is not thread-safe); it is closed when nothing is awaited.
     """
 
     _connection_errors = (redis.ConnectionError, redis.TimeoutError)
@@ -98,27 +99,58 @@ class RecordResultConsumer(BaseResultConsumer):
         self._reset_sync()
 
     def _reset_sync(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
         self._pubsub: Any = None
-        self._waiters = 0
-        self._reading = False
-
-    def start(self, initial_task_id: str, **kwargs: Any) -> None:
-        pass
-
-    def consume_from(self, task_id: str) -> None:
-        pass
-
-    def cancel_for(self, task_id: str) -> None:
-        pass
-
-    def stop(self) -> None:
-        with self._cond:
-            self._close()
+        self._channels: set[str] = set()
+        self._unconfirmed: set[str] = set()
+        self._leaving: set[str] = set()
 
     def on_after_fork(self) -> None:
         # The parent's subscription socket is not ours to read or close.
         self._reset_sync()
+
+    def start(self, initial_task_id: str, **kwargs: Any) -> None:
+        self.consume_from(initial_task_id)
+
+    def consume_from(self, task_id: str) -> None:
+        channel = self.backend.keys.task_channel(task_id)
+        with self._lock:
+            self._leaving.discard(channel)
+            if channel in self._channels:
+                return
+            # Noted first: a reconnection subscribes to every channel noted.
+            self._channels.add(channel)
+            self._unconfirmed.add(channel)
+            with self.reconnect_on_error():
+                if self._pubsub is None:
+                    self._pubsub = self.backend.client.pubsub()
+                self._pubsub.subscribe(channel)
+
+    def cancel_for(self, task_id: str) -> None:
+        # Never blocks: it also runs from AsyncResult.__del__, in whatever thread the garbage
+        # collector picked. Whoever holds the lock next unsubscribes.
+        self._leaving.add(self.backend.keys.task_channel(task_id))
+        if self._lock.acquire(blocking=False):
+            try:
+                self._leave()
+            finally:
+                self._lock.release()
+
+    def _leave(self) -> None:
+        while self._leaving:
+            channel = self._leaving.pop()
+            if channel in self._channels:
+                self._channels.discard(channel)
+                self._unconfirmed.discard(channel)
+                if self._pubsub is not None and self._channels:
+                    with self.reconnect_on_error():
+                        self._pubsub.unsubscribe(channel)
+        if not self._channels:
+            self._close()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._close()
 
     def _close(self) -> None:
         if self._pubsub is not None:
@@ -128,34 +160,27 @@ class RecordResultConsumer(BaseResultConsumer):
                 log.debug("closing the result subscription failed", exc_info=True)
             self._pubsub = None
 
-    def _subscribe(self) -> None:
-        pubsub = self.backend.client.pubsub()
-        pubsub.subscribe(self.backend.keys.channel)
-        # Confirmed before the state is read: a change announced in between reaches us.
+    def _confirm(self) -> None:
+        """Wait for the replies to the subscriptions sent so far, handling what arrives."""
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=1.0)
-            if message and message.get("type") == "subscribe":
-                break
-        else:
-            pubsub.close()
-            raise redis.TimeoutError("no confirmation of the result subscription")
-        self._pubsub = pubsub
+        while self._unconfirmed and self._pubsub is not None:
+            if time.monotonic() > deadline:
+                raise redis.TimeoutError("no confirmation of a result subscription")
+            self._read_one(1.0)
 
-    def _wait_for_pending(self, result: Any, **kwargs: Any) -> Iterator[None]:
-        with self._cond:
-            self._waiters += 1
-            if self._pubsub is None:
-                self._subscribe()
-        try:
-            yield from super()._wait_for_pending(result, **kwargs)
-        finally:
-            with self._cond:
-                self._waiters -= 1
-                if not self._waiters:
-                    self._close()
+    def _read_one(self, timeout: float) -> None:
+        with self.reconnect_on_error():
+            message = self._pubsub.get_message(timeout=timeout)
+        if not message:
+            return
+        if message["type"] == "subscribe":
+            self._unconfirmed.discard(message["channel"])
+        elif message["type"] == "message":
+            self._on_announcement(message["data"])
 
     def on_wait_for_pending(self, result: Any, timeout: float | None = None, **kw: Any) -> None:
+        with self._lock:
+            self._confirm()
         for meta in result._iter_meta(**kw):
             if meta is not None:
                 self.on_state_change(meta, None)
@@ -164,25 +189,18 @@ class RecordResultConsumer(BaseResultConsumer):
         return any(task_id in mapping for mapping in self._pending_results)
 
     def drain_events(self, timeout: float | None = None) -> None:
-        with self._cond:
-            pubsub = self._pubsub
-            if pubsub is not None and self._reading:
-                # Another thread reads the socket; it wakes us after each message it handles.
-                self._cond.wait(1.0 if timeout is None else timeout)
-                return
-            self._reading = pubsub is not None
-        if pubsub is None:
-            time.sleep(timeout or 0)
+        wait = 1.0 if timeout is None else timeout
+        # Short reads under the lock, so threads waiting on other results take turns.
+        if not self._lock.acquire(timeout=wait):
             return
         try:
-            with self.reconnect_on_error():
-                message = pubsub.get_message(timeout=1.0 if timeout is None else timeout)
-            if message and message.get("type") == "message":
-                self._on_announcement(message["data"])
+            self._leave()
+            if self._pubsub is not None:
+                self._read_one(min(wait, 0.2))
+                return
         finally:
-            with self._cond:
-                self._reading = False
-                self._cond.notify_all()
+            self._lock.release()
+        time.sleep(min(wait, 0.2))
 
     def _on_announcement(self, data: str) -> None:
         header, snapshot = split_announcement(data)
@@ -199,9 +217,13 @@ class RecordResultConsumer(BaseResultConsumer):
 
     def _reconnect(self) -> None:
         # Changes may have been announced while the connection was down: read them instead.
-        with self._cond:
+        with self._lock:
             self._close()
-            self._subscribe()
+            if self._channels:
+                self._pubsub = self.backend.client.pubsub()
+                self._pubsub.subscribe(*self._channels)
+                self._unconfirmed = set(self._channels)
+                self._confirm()
         for mapping in list(self._pending_results):
             for task_id in list(mapping):
                 meta = self.backend.get_task_meta(task_id, cache=False)

@@ -7,8 +7,8 @@ demonstration ones), a real web; producers are plain Python processes or this on
 
 from __future__ import annotations
 
-import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -336,18 +336,23 @@ def test_asyncresult_answers_as_the_record_for_revoked(app, rec):
     assert httpx.get(f"{rec.url}/tasks/{snap['id']}").json()["state"] == "REVOKED"
 
 
-def test_get_waits_on_announcements(app, rec):
-    # A task whose result arrives while get() waits: the answer comes with the change, and the
-    # wait holds no subscription once it is over.
-    result = app.tasks["add"].delay(20, 1)
-    assert result.get(timeout=30, interval=30) == 21
+def test_get_waits_on_the_tasks_announcements(app, rec):
+    # While get() waits it is subscribed to the task's channel, and once answered it is not.
+    gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
+    result = app.tasks["tests.record_app.custom_state"].delay(gate)
+    answer: list[object] = []
+    waiter = threading.Thread(target=lambda: answer.append(result.get(timeout=30)))
+    waiter.start()
     recorder = direct_recorder(rec)
+    channel = f"{rec.prefix}:changes:{result.id}"
     try:
-        channel = f"{rec.prefix}:changes"
         deadline = time.monotonic() + 10
-        while recorder.client.pubsub_numsub(channel)[0][1] > 1:  # the web's hub only
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        while recorder.client.pubsub_numsub(channel)[0][1] != 1:
+            assert time.monotonic() < deadline, "get() is not subscribed to the task's changes"
+            time.sleep(0.02)
+        recorder.client.set(gate, "1", ex=60)
+        waiter.join(30)
+        assert answer == ["downloaded"]
+        assert recorder.client.pubsub_numsub(channel)[0][1] == 0
     finally:
         recorder.client.close()
-    assert json.loads(json.dumps(result.result)) == 21
