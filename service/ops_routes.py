@@ -14,7 +14,8 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from taskstream.monitor import Worker
-from taskstream.record import Change, new_task_fields, utcnow
+from taskstream.record import Change, utcnow
+from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TaskState
 from taskstream.web import ops_models as om
@@ -218,17 +219,12 @@ async def rerun(task_id: str) -> Response:
         svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     new_id = str(uuid.uuid4())
-    now = utcnow()
-    fields = new_task_fields(
-        new_id, task_type.name, now, current_caller().name, {"rerun_of": task_id}
-    )
-    created = await svc.record.record(
-        Change(new_id, fields, create=True, score=time.time(), at=now)
-    )
     try:
-        await svc.enqueue(new_id, task_type.name, bound)
-    except Exception as exc:
-        log.error("could not enqueue re-run %s: %s", new_id, type(exc).__name__)
+        created = await svc.submit(
+            new_id, task_type.name, bound, current_caller().name, rerun_of=task_id
+        )
+    except NotQueued as exc:
+        log.error("could not enqueue re-run %s: %s", new_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
         await svc.record.record(
             Change(new_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})

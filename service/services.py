@@ -114,9 +114,16 @@ class Services:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, partial(fn, *args, **kwargs))
 
-    async def submit(self, task_id: str, name: str, kwargs: dict[str, Any], owner: str) -> Outcome:
+    async def submit(
+        self,
+        task_id: str,
+        name: str,
+        kwargs: dict[str, Any],
+        owner: str,
+        rerun_of: str | None = None,
+    ) -> Outcome:
         """Publish the task like any producer; its record (PENDING) is made as it is sent."""
-        return await self._off_loop(_submit, self.celery, name, task_id, kwargs, owner)
+        return await self._off_loop(_submit, self.celery, name, task_id, kwargs, owner, rerun_of)
 
     async def revoke(self, task_id: str) -> None:
         # terminate=True stops it if a prefork child is running it; a task still queued is only
@@ -124,8 +131,15 @@ class Services:
         await self._off_loop(self.celery.control.revoke, task_id, terminate=True)
 
 
-def _submit(celery: Celery, name: str, task_id: str, kwargs: dict[str, Any], owner: str) -> Outcome:
-    return submit_task(celery.tasks[name], task_id, kwargs, owner)
+def _submit(
+    celery: Celery,
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    owner: str,
+    rerun_of: str | None,
+) -> Outcome:
+    return submit_task(celery.tasks[name], task_id, kwargs, owner, rerun_of)
 
 
 def services() -> Services:

@@ -35,6 +35,8 @@ _RECORD_RETRIES = 18
 # The message header that carries the submitting caller (POST /tasks) to the record; a task sent
 # from inside a task inherits its parent's.
 OWNER_HEADER = "taskstream_owner"
+# The message header that links a re-run (POST /tasks/{id}/rerun) to the task it repeats.
+RERUN_HEADER = "taskstream_rerun_of"
 
 # Where create_celery/init_celery point Celery's result backend: the record itself.
 RESULT_BACKEND = "taskstream.backend:RecordBackend"
@@ -106,7 +108,14 @@ def track(app: Celery, settings: Settings) -> Tracking:
     return tracking
 
 
+def _real(app: Any) -> Celery:
+    # `celery.current_app` is a proxy, which cannot be weakly referenced.
+    get = getattr(app, "_get_current_object", None)
+    return get() if get is not None else app
+
+
 def tracking(app: Celery) -> Tracking:
+    app = _real(app)
     found = _tracked.get(app)
     if found is None:
         settings = app.conf.get("taskstream_settings")
@@ -125,7 +134,7 @@ def recorder(app: Celery) -> Recorder:
 
 
 def is_tracked(app: Celery) -> bool:
-    return app in _tracked
+    return _real(app) in _tracked
 
 
 def forget_clients() -> None:
@@ -175,6 +184,7 @@ def creation(
     root_id: str | None = None,
     group_id: str | None = None,
     eta: str | None = None,
+    rerun_of: str | None = None,
 ) -> Change:
     """The change that creates a task's record (PENDING, seq 1) from what its message says."""
     now = time.time()
@@ -188,6 +198,7 @@ def creation(
         "root_id": root_id,
         "group_id": group_id,
         "eta": eta,
+        "rerun_of": rerun_of,
     }
     fields = new_task_fields(
         task_id, name, at, owner, {k: v for k, v in details.items() if v is not None}
@@ -234,7 +245,9 @@ class NotQueued(Exception):
 _submission: ContextVar[_Submission | None] = ContextVar("taskstream_submission", default=None)
 
 
-def submit(task: Any, task_id: str, kwargs: dict[str, Any], owner: str) -> Outcome:
+def submit(
+    task: Any, task_id: str, kwargs: dict[str, Any], owner: str, rerun_of: str | None = None
+) -> Outcome:
     """Send one task as POST /tasks does and return the PENDING record before_task_publish made.
 
     One way to create a record: the route publishes like any producer; the signal handler
@@ -244,7 +257,8 @@ def submit(task: Any, task_id: str, kwargs: dict[str, Any], owner: str) -> Outco
     sub = _Submission(task_id)
     token = _submission.set(sub)
     try:
-        task.apply_async(kwargs=kwargs, task_id=task_id, headers={OWNER_HEADER: owner})
+        headers = {OWNER_HEADER: owner, **({RERUN_HEADER: rerun_of} if rerun_of else {})}
+        task.apply_async(kwargs=kwargs, task_id=task_id, headers=headers)
     except NotRecorded as exc:
         raise exc.cause from None
     except Exception as exc:

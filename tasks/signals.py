@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 
 from taskstream import recording
 from taskstream.record import Change, Status
-from taskstream.recording import OWNER_HEADER
+from taskstream.recording import OWNER_HEADER, RERUN_HEADER
 from taskstream.states import TaskState
 from taskstream.tracked import TrackedTask
 
@@ -62,6 +62,7 @@ def _on_publish(
         root_id=headers.get("root_id"),
         group_id=headers.get("group"),
         eta=headers.get("eta"),
+        rerun_of=headers.get(RERUN_HEADER),
     )
     recording.record_publish(t, change)
 

@@ -147,6 +147,24 @@ def test_post_tasks_publishes_like_any_producer(rec):
         recorder.client.close()
 
 
+def test_a_rerun_is_published_like_a_submission_and_names_its_original(rec):
+    first = submit(rec.url, "add", x=2, y=5)
+    poll_until_done(rec.url, first["id"])
+    response = httpx.post(f"{rec.url}/tasks/{first['id']}/rerun")
+    assert response.status_code == 202, response.text
+    again = response.json()
+    assert (again["state"], again["seq"]) == ("PENDING", 1)
+    assert poll_until_done(rec.url, again["id"])["result"] == 7
+    recorder = direct_recorder(rec)
+    try:
+        details = recorder.details(again["id"])
+        assert details is not None
+        assert details["rerun_of"] == first["id"]
+        assert details["kwargs"] == {"x": 2, "y": 5}
+    finally:
+        recorder.client.close()
+
+
 def test_large_arguments_are_stored_truncated(app, rec):
     big = "x" * 5000
     result = app.tasks["tests.record_app.plain_add"].delay(big, "y")
