@@ -1,4 +1,4 @@
-"""The other routes: listing, task types, health and readiness; and a stream's clean-up."""
+"""The other routes: task types, health and readiness; and a stream's clean-up."""
 
 from __future__ import annotations
 
@@ -10,37 +10,7 @@ from taskstream.settings import Settings
 from taskstream.web.app import create_app
 from tests.harness import new_prefix, poll_until_done, submit
 
-
-def test_list_newest_first_with_filters_and_cursor(make_service):
-    svc = make_service()
-    svc.start_worker(concurrency=2)
-    svc.start_web()
-    made = [submit(svc.url, "add", x=n, y=0)["id"] for n in range(5)]
-    failed = submit(svc.url, "fail", message="no")["id"]
-    for task_id in [*made, failed]:
-        poll_until_done(svc.url, task_id)
-
-    page = httpx.get(f"{svc.url}/tasks").json()
-    assert [t["id"] for t in page["items"]] == [failed, *reversed(made)]
-    assert page["next"] is None
-
-    seen: list[str] = []
-    cursor = None
-    while True:
-        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
-        page = httpx.get(f"{svc.url}/tasks{query}").json()
-        assert len(page["items"]) <= 2
-        seen += [t["id"] for t in page["items"]]
-        cursor = page["next"]
-        if cursor is None:
-            break
-    assert seen == [failed, *reversed(made)]
-
-    only_failed = httpx.get(f"{svc.url}/tasks?state=FAILURE").json()["items"]
-    assert [t["id"] for t in only_failed] == [failed]
-    only_add = httpx.get(f"{svc.url}/tasks?task=add&state=SUCCESS&limit=3").json()
-    assert [t["id"] for t in only_add["items"]] == list(reversed(made))[:3]
-    assert only_add["next"] is not None
+# Listing, filters and cursors: test_listing.py (in-process).
 
 
 def test_task_types_describe_each_submittable_task(service):
