@@ -8,7 +8,7 @@ import httpx
 
 from taskstream.settings import Settings
 from taskstream.web.app import create_app
-from tests.harness import new_prefix, poll_until_done, submit
+from tests.harness import new_prefix
 
 # Listing, filters and cursors: test_listing.py (in-process).
 
@@ -58,17 +58,4 @@ async def test_a_client_that_goes_away_is_unsubscribed_at_once(redis_url):
         assert svc.hub.streams == 0
 
 
-def test_polling_with_if_none_match_gets_304_until_the_next_change(service):
-    snap = submit(service.url, "sleep", seconds=0.3, steps=1)
-    first = httpx.get(f"{service.url}/tasks/{snap['id']}")
-    etag = first.headers["etag"]
-    assert etag == f'"{first.json()["seq"]}"'
-    done = poll_until_done(service.url, snap["id"])
-    again = httpx.get(f"{service.url}/tasks/{snap['id']}", headers={"If-None-Match": etag})
-    assert again.status_code == 200
-    assert again.json() == done
-    same = httpx.get(
-        f"{service.url}/tasks/{snap['id']}", headers={"If-None-Match": again.headers["etag"]}
-    )
-    assert same.status_code == 304
-    assert same.content == b""
+# Polling with If-None-Match: test_listing.py (in-process).

@@ -1,6 +1,7 @@
-"""GET /tasks in-process against a real Redis: newest first, filters, and cursors that neither
-skip nor repeat a task (tasks created in the same instant included). Tasks are recorded as the web
-and the workers record them; no worker runs."""
+"""Listing (GET /tasks) and polling (GET /tasks/{id}) in-process against a real Redis: newest
+first, filters, cursors that neither skip nor repeat a task (ties in creation time included), and
+304 until the next change. Tasks are recorded as the web and the workers record them; no worker
+runs."""
 
 from __future__ import annotations
 
@@ -79,3 +80,21 @@ async def test_a_cursor_this_service_did_not_give_is_a_400(app):
         response = await app.test_client().get(f"/tasks?cursor={cursor}")
         assert response.status_code == 400
         assert (await response.get_json())["type"] == "/problems/bad-cursor"
+
+
+async def test_polling_with_if_none_match_gets_304_until_the_next_change(app):
+    client = app.test_client()
+    async with app.app_context():
+        task_id = await record("sleep", 100)
+    first = await client.get(f"/tasks/{task_id}")
+    etag = first.headers["ETag"]
+    assert etag == f'"{(await first.get_json())["seq"]}"'
+    same = await client.get(f"/tasks/{task_id}", headers={"If-None-Match": etag})
+    assert (same.status_code, await same.get_data()) == (304, b"")
+    assert same.headers["ETag"] == etag
+    async with app.app_context():
+        await services().record.record(Change(task_id, {"state": TaskState.STARTED}))
+    again = await client.get(f"/tasks/{task_id}", headers={"If-None-Match": etag})
+    assert again.status_code == 200
+    assert (await again.get_json())["state"] == "STARTED"
+    assert again.headers["ETag"] != etag
