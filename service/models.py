@@ -290,6 +290,18 @@ class ListQuery(BaseModel):
         20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX."
     )
     cursor: str | None = Field(None, description="The `next` value of the previous page.")
+    worker: str | None = Field(
+        None, max_length=255, description="Only tasks run by this worker (its hostname)."
+    )
+    id_prefix: str | None = Field(
+        None, max_length=64, description="Only tasks whose id starts with this."
+    )
+    since: float | None = Field(
+        None, ge=0, description="Only tasks submitted at or after this Unix time."
+    )
+    until: float | None = Field(
+        None, ge=0, description="Only tasks submitted at or before this Unix time."
+    )
 
 
 class TaskEvent(BaseModel):

@@ -379,6 +379,10 @@ async def list_tasks(query_args: ListQuery) -> Response:
     max_score, max_id = (
         _decode_cursor(query_args.cursor) if query_args.cursor else (float("inf"), None)
     )
+    if query_args.until is not None and query_args.until < max_score:
+        max_score, max_id = query_args.until, None
+    since = query_args.since if query_args.since is not None else float("-inf")
+    prefix, worker = query_args.id_prefix, query_args.worker
 
     caller = current_caller()
     items: list[str] = []
@@ -392,15 +396,24 @@ async def list_tasks(query_args: ListQuery) -> Response:
         page = [(t, sc) for t, sc in page if not (sc == max_score and max_id and t >= max_id)]
         exhausted = len(page) <= batch
         page = page[:batch]
+        if page and page[-1][1] < since:
+            # Newest first: past `since`, nothing further can match.
+            page = [(t, sc) for t, sc in page if sc >= since]
+            exhausted = True
         ids = [t for t, _ in page]
         snapshots = await svc.record.get_many(ids)
         owners = await svc.record.owners(ids) if not caller.admin else [None] * len(ids)
-        for (task_id, score), data, owner in zip(page, snapshots, owners, strict=True):
+        workers = await _workers_of(ids) if worker else [None] * len(ids)
+        for (task_id, score), data, owner, ran_on in zip(
+            page, snapshots, owners, workers, strict=True
+        ):
             scanned += 1
             max_score, max_id = score, task_id
             if data is None:  # expired since it was indexed
                 continue
             if owner is not None and not caller.sees(owner):
+                continue
+            if (prefix and not task_id.startswith(prefix)) or (worker and ran_on != worker):
                 continue
             if states or names:
                 snap = json.loads(data)
@@ -416,6 +429,16 @@ async def list_tasks(query_args: ListQuery) -> Response:
     next_cursor = None if exhausted or max_id is None else _encode_cursor(max_score, max_id)
     body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
     return _json(body)
+
+
+async def _workers_of(task_ids: list[str]) -> list[str | None]:
+    """The hostname of the worker that ran each task, where one has."""
+    svc = services()
+    async with svc.redis.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.hget(svc.keys.task(task_id), "worker")
+        raw = await pipe.execute()
+    return [None if r is None else json.loads(r) for r in raw]
 
 
 @bp.get("/task-types")

@@ -146,4 +146,4 @@ def test_a_proxy_root_path_writes_every_link_under_it(behind_proxy):
     assert missing["type"] == "/jobs/problems/task-not-found"
     page = httpx.get(behind_proxy + "/jobs/")
     assert page.status_code == 200 and 'href="static/dashboard.css"' in page.text
-    assert httpx.get(behind_proxy + "/jobs/static/dashboard.js").status_code == 200
+    assert httpx.get(behind_proxy + "/jobs/static/dashboard/main.js").status_code == 200
