@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 import taskstream
 from taskstream.celery_app import create_celery, load_celery
+from taskstream.recording import RESULT_BACKEND
 from taskstream.registry import (
     REGISTRY,
     ArgumentsInvalid,
@@ -57,6 +58,8 @@ def test_init_celery_keeps_the_apps_broker_queues_and_routing():
     assert list(conf.result_accept_content) == ["json"]
     assert conf.task_acks_late and conf.task_track_started
     assert conf.taskstream_settings is settings
+    # The record is the app's result backend: AsyncResult reads what GET /tasks/{id} reads.
+    assert conf.result_backend == RESULT_BACKEND
     assert tuple(conf.imports) == ("theirs.jobs", "theirs.reports")
 
 
