@@ -151,9 +151,7 @@ async def _visible(svc: Services, task_id: str) -> str:
 
 
 async def _details(svc: Services, task_id: str) -> dict[str, Any]:
-    details = getattr(svc.record, "details", None)
-    found = await details(task_id) if details is not None else None
-    return found or {}
+    return await svc.record.details(task_id) or {}
 
 
 def _timeline(changes: list[tuple[int, str]]) -> list[dict[str, Any]]:

@@ -1,0 +1,244 @@
+"""The dashboard's operations panels in Debian's Chromium, against real workers: workers going
+offline when killed, queues, counts and charts, filters kept in the URL, a task's detail with its
+live timeline, re-run, and a chord's parent/child links."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from celery import chord
+from playwright import sync_api
+
+from taskstream.celery_app import create_celery
+from taskstream.settings import Settings
+from tests.harness import (
+    CHROMIUM_ARGS,
+    Proc,
+    Service,
+    poll_until_done,
+    require_chromium,
+    submit,
+    wait_for_worker,
+    worker_command,
+)
+
+DESKTOP = {"width": 1280, "height": 900}
+# The panels read the API every half second here (the page's default is two).
+FAST = "?ops_ms=500"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = require_chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
+    """Open a dashboard URL; fails the test if the page throws a script error."""
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def open_(url: str) -> Any:
+        context = browser.new_context(viewport=DESKTOP)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector("body[data-ops-loaded=true]")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, errors
+
+
+def test_workers_panel_shows_a_killed_worker_offline_within_10_s(make_service, open_page) -> None:
+    svc: Service = make_service(WORKER_OFFLINE_SECONDS="6")
+    svc.start_worker(concurrency=2, name="steady")
+    doomed = svc.start_worker(concurrency=3, name="doomed")
+    svc.start_web()
+    page = open_page(svc.url + "/" + FAST)
+    page.wait_for_function("document.querySelectorAll('tr.worker[data-online=true]').length === 2")
+    doomed_row = page.locator('tr.worker[data-hostname^="doomed-"]')
+    assert doomed_row.locator("td").nth(1).inner_text() == "3"  # pool size
+    assert page.locator("#workers-summary").inner_text() == "2 of 2 online"
+
+    doomed.kill()  # SIGKILL: the worker reports nothing more
+    killed = time.monotonic()
+    page.wait_for_selector('tr.worker[data-hostname^="doomed-"][data-online=false]', timeout=10_000)
+    assert time.monotonic() - killed < 10
+    assert page.locator('tr.worker[data-hostname^="steady-"]').get_attribute("data-online") == (
+        "true"
+    )
+    assert page.locator("#workers-summary").inner_text() == "1 of 2 online"
+
+
+def test_counts_queues_and_charts_follow_a_workload(make_service, open_page) -> None:
+    svc: Service = make_service()
+    svc.start_worker(concurrency=2)
+    svc.start_web()
+    page = open_page(svc.url + "/" + FAST)
+    ids = [submit(svc.url, "add", x=i, y=1)["id"] for i in range(4)]
+    ids.append(submit(svc.url, "fail", message="no")["id"])
+    for task_id in ids:
+        poll_until_done(svc.url, task_id)
+
+    page.wait_for_function(
+        """() => {
+          const v = (s) => document.querySelector(`li.count[data-state=${s}] .count-value`);
+          return v('SUCCESS').textContent === '4' && v('FAILURE').textContent === '1';
+        }"""
+    )
+    page.wait_for_selector("#throughput-chart[data-total='5']")
+    assert page.locator("#throughput-chart rect[data-outcome=FAILURE]").count() == 1
+    assert page.locator("#runtime-chart g[data-task=add]").count() == 1
+    assert "4 runs" in page.locator("#runtime-chart g[data-task=add]").text_content()
+    queue = page.locator(f'tr.queue[data-queue="{svc.prefix}.tasks"]')
+    assert queue.locator(".queue-depth").inner_text() == "0"
+    # A count links to the list filtered by that state.
+    page.click("li.count[data-state=FAILURE] a")
+    page.wait_for_selector("li.task")
+    assert page.eval_on_selector_all("li.task", "rows => rows.map(r => r.dataset.state)") == [
+        "FAILURE"
+    ]
+
+
+def test_filters_live_in_the_url_and_survive_a_reload(make_service, open_page) -> None:
+    svc: Service = make_service()
+    svc.start_worker(concurrency=2)
+    svc.start_web()
+    adds = [submit(svc.url, "add", x=i, y=i)["id"] for i in range(3)]
+    fails = [submit(svc.url, "fail", message=f"no {i}")["id"] for i in range(2)]
+    for task_id in adds + fails:
+        poll_until_done(svc.url, task_id)
+    page = open_page(svc.url + "/")
+    page.wait_for_function("document.querySelectorAll('li.task').length === 5")
+
+    page.check("input[name=state][value=FAILURE]")
+    page.select_option("#filter-name", "fail")
+    with page.expect_navigation():
+        page.click("#filters-apply")
+    query = parse_qs(urlsplit(page.url).query)
+    assert query["state"] == ["FAILURE"] and query["name"] == ["fail"]
+
+    def shown() -> list[str]:
+        page.wait_for_function("document.querySelectorAll('li.task').length === 2")
+        return sorted(
+            page.eval_on_selector_all("li.task", "rows => rows.map(r => r.dataset.taskId)")
+        )
+
+    assert shown() == sorted(fails)
+    page.reload()
+    page.wait_for_selector("body[data-ops-loaded=true]")
+    assert shown() == sorted(fails)
+    assert page.is_checked("input[name=state][value=FAILURE]")
+    assert page.input_value("#filter-name") == "fail"
+    # A task submitted now that does not match stays out; one that matches comes in live.
+    late_add = submit(svc.url, "add", x=9, y=9)["id"]
+    late_fail = submit(svc.url, "fail", message="late")["id"]
+    page.wait_for_selector(f'li.task[data-task-id="{late_fail}"][data-state=FAILURE]')
+    poll_until_done(svc.url, late_add)
+    assert page.locator(f'li.task[data-task-id="{late_add}"]').count() == 0
+
+    # Id prefix, shared as a URL.
+    page.goto(f"{svc.url}/?q={adds[0][:6]}")
+    page.wait_for_selector(f'li.task[data-task-id="{adds[0]}"]')
+    assert page.locator("li.task").count() == 1
+    assert page.input_value("#filter-q") == adds[0][:6]
+
+
+def test_detail_timeline_grows_live_then_rerun_links_back(service: Service, open_page) -> None:
+    original = submit(service.url, "sleep", seconds=2, steps=4)["id"]
+    page = open_page(f"{service.url}/?id={original}")
+    page.wait_for_selector("#detail[data-state=SUCCESS]", timeout=30_000)
+    entries = page.eval_on_selector_all(
+        "#timeline li", "items => items.map(i => [Number(i.dataset.seq), i.dataset.state])"
+    )
+    # Every change, in order, none missing: the page saw the task from PENDING to SUCCESS.
+    assert [seq for seq, _ in entries] == list(range(1, len(entries) + 1))
+    states = [state for _, state in entries]
+    assert states[0] == "PENDING" and states[-1] == "SUCCESS"
+    assert states.count("PROGRESS") == 4
+    messages = page.locator("#timeline .timeline-message").all_inner_texts()
+    assert any("step 4 of 4" in m for m in messages)
+    page.wait_for_function(
+        "document.querySelector('.detail-worker') && "
+        "document.querySelector('.detail-worker').textContent.startsWith('worker0-')"
+    )
+    assert "kwargs" in page.locator(".arguments").inner_text()
+    assert '"seconds":2' in page.locator(".arguments").inner_text()
+
+    with page.expect_navigation():
+        page.click("#detail-rerun")
+    rerun_id = parse_qs(urlsplit(page.url).query)["id"][0]
+    assert rerun_id != original
+    page.wait_for_selector("#detail[data-state=SUCCESS]", timeout=30_000)
+    link = page.locator("#detail-links a.task-link")
+    assert link.count() == 1
+    assert original in link.get_attribute("href")
+    # The re-run ran with the same arguments.
+    assert '"seconds":2' in page.locator(".arguments").inner_text()
+
+
+def test_rerun_is_refused_clearly_when_the_arguments_were_not_kept(make_service, open_page) -> None:
+    svc: Service = make_service(ARGS_STORED_BYTES="64")
+    svc.start_worker(concurrency=1)
+    svc.start_web()
+    task_id = submit(svc.url, "fail", message="x" * 200)["id"]
+    poll_until_done(svc.url, task_id)
+    page = open_page(f"{svc.url}/?id={task_id}")
+    page.wait_for_selector("#detail[data-state=FAILURE]")
+    assert "over the size cap" in page.locator(".arguments").inner_text()
+    page.click("#detail-rerun")
+    page.wait_for_selector("#detail-error:not([hidden])")
+    assert "Cannot re-run" in page.locator("#detail-error").inner_text()
+
+
+def test_a_chords_parent_and_children_are_linked(make_service, open_page) -> None:
+    svc: Service = make_service()
+    app_name = "tests.record_app:app"
+    proc = Proc("rec0", worker_command(2, f"rec0-{svc.prefix}@%h", app=app_name), svc.env,
+                svc.log_dir).start()  # fmt: skip
+    svc.workers.append(proc)
+    wait_for_worker(proc)
+    svc.start_web()
+    import tests.record_app  # noqa: F401  (registers the shared tasks for this producer)
+
+    celery = create_celery(Settings.from_env(redis_url=svc.redis_url, key_prefix=svc.prefix))
+    try:
+        add = celery.tasks["tests.record_app.plain_add"]
+        total = celery.tasks["tests.record_app.total"]
+        result = chord([add.s(i, i) for i in range(3)], total.s()).apply_async()
+        assert result.get(timeout=30) == 6
+        members = [r.id for r in result.parent.results]
+    finally:
+        celery.close()
+    body = poll_until_done(svc.url, result.id)
+    assert body["state"] == "SUCCESS"
+
+    page = open_page(f"{svc.url}/?id={result.id}")
+    parent = page.locator("#detail-links dt:text-is('Parent') + dd a.task-link")
+    parent.wait_for()
+    parent_id = parse_qs(urlsplit(parent.get_attribute("href")).query)["id"][0]
+    # The callback was sent by the member that finished the header.
+    assert parent_id in members
+    with page.expect_navigation():
+        parent.click()
+    page.wait_for_selector("#detail[data-state=SUCCESS]")
+    children = page.locator("#detail-links ul.children a.task-link")
+    children.first.wait_for()
+    hrefs = [children.nth(i).get_attribute("href") for i in range(children.count())]
+    assert any(result.id in h for h in hrefs)
+    assert page.locator("#detail-links dt:text-is('Group')").count() == 1
