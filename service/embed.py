@@ -119,9 +119,10 @@ def mount(
     """Serve taskstream's API and dashboard inside `host` at `prefix` (e.g. "/jobs").
 
     Returns the mounted taskstream app. It starts and stops with `host` (its Redis clients and
-    its subscriber are opened when `host` starts serving). `handle_signals=True`, when the
-    process is served by Hypercorn, ends open streams at SIGTERM so the server does not wait on
-    them (their clients resume elsewhere with Last-Event-ID).
+    its subscriber are opened when `host` starts serving). `handle_signals=True` ends open
+    streams at SIGTERM so the server does not wait on them (their clients resume elsewhere with
+    Last-Event-ID); it needs the app served in the process the signal reaches
+    (`hypercorn --workers 0`: Hypercorn's worker processes never see it).
     """
     from taskstream.web.app import create_app
 

@@ -272,6 +272,7 @@ class AsyncClient(_Base):
         options: FollowOptions | None = None,
         on_notice: Callable[[str], None] | None = None,
     ) -> AsyncFollow:
+        """As `Client.follow`, as an async iterator: `async for snap in client.follow(id)`."""
         plan = Plan(options or FollowOptions(), after, self._clock)
         return AsyncFollow(plan, _AsyncStream(self, task_id, self._sleep, on_notice))
 

@@ -1,6 +1,6 @@
 """A Quart app of someone else's with taskstream mounted at /jobs, as the README shows.
 
-Served by test_mount_served.py: `hypercorn tests.embedded_host:app`.
+Served by test_mount_served.py: `hypercorn --workers 0 tests.embedded_host:app`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ given. And the standalone app behind a proxy's root path (`hypercorn --root-path
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -36,16 +39,25 @@ def serve(svc: Service, name: str, cmd: list[str], port: int, ready_path: str) -
     return f"http://127.0.0.1:{port}"
 
 
+def serve_host(svc: Service) -> str:
+    port = free_port()
+    # --workers 0: served in Hypercorn's main process, which is the one SIGTERM reaches (with a
+    # worker process, the signal stops at Hypercorn's supervisor and never reaches the app).
+    cmd = [sys.executable, "-m", "hypercorn", "tests.embedded_host:app", "--workers", "0",
+           "--bind", f"127.0.0.1:{port}", "--graceful-timeout", str(GRACEFUL)]  # fmt: skip
+    return serve(svc, "host", cmd, port, "/jobs")
+
+
+GRACEFUL = 8
+
+
 @pytest.fixture(scope="module")
 def embedded(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The host app's origin; taskstream is at /jobs of it."""
     svc = Service(redis_url, tmp_path_factory.mktemp("embedded"))
     try:
         svc.start_worker(concurrency=2)
-        port = free_port()
-        cmd = [sys.executable, "-m", "hypercorn", "tests.embedded_host:app",
-               "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "5"]  # fmt: skip
-        yield serve(svc, "host", cmd, port, "/jobs")
+        yield serve_host(svc)
     finally:
         svc.stop()
 
@@ -118,6 +130,29 @@ def test_the_dashboard_at_jobs_submits_and_shows_a_task_live(embedded):
     assert requests[0] == embedded + "/jobs"
     assert all(url.startswith(embedded + "/jobs/") for url in requests[1:]), requests
     assert any("/jobs/events" in url for url in requests), requests
+
+
+def test_sigterm_to_the_host_ends_the_mounted_streams_at_once(redis_url, tmp_path):
+    # Without a worker: the task stays PENDING, so only the shutdown can end its stream.
+    svc = Service(redis_url, tmp_path)
+    try:
+        origin = serve_host(svc)
+        snap = httpx.post(origin + "/jobs/tasks", json={"task": "add", "args": [1, 2]}).json()
+        with (
+            httpx.Client(timeout=httpx.Timeout(30, connect=5)) as client,
+            connect_sse(client, "GET", origin + snap["links"]["events"]) as source,
+        ):
+            events = source.iter_sse()
+            assert json.loads(next(e for e in events if e.data).data)["seq"] == 1
+            os.kill(svc.webs[0].pid, signal.SIGTERM)  # the main pid, as an orchestrator does
+            began = time.monotonic()
+            assert [e for e in events if e.data] == []  # the stream ends, nothing more sent
+            ended = time.monotonic() - began
+        svc.webs[0].popen.wait(GRACEFUL)
+        # Well before Hypercorn's graceful timeout, which an open stream would have used up.
+        assert ended < GRACEFUL / 2, ended
+    finally:
+        svc.stop()
 
 
 @pytest.fixture(scope="module")
