@@ -8,6 +8,7 @@ from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
+from taskstream.web.disconnects import EndOnDisconnect
 from taskstream.web.embed import RootPath
 from taskstream.web.ops_routes import bp as ops_bp
 from taskstream.web.routes import bp
@@ -40,11 +41,11 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     rules = list(app.url_map.iter_rules())
     svc.metrics.label_sets({r.rule for r in rules}, {m for r in rules for m in r.methods or ()})
 
+    timed = WriteTimeout(
+        app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
+    )
     app.asgi_app = RootPath(  # type: ignore[method-assign, assignment]
-        WriteTimeout(
-            app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
-        ),
-        settings.trust_forwarded_prefix,
+        EndOnDisconnect(timed), settings.trust_forwarded_prefix
     )
 
     @app.after_request

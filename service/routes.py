@@ -21,6 +21,7 @@ from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TERMINAL, TaskState
 from taskstream.web.auth import SESSION_COOKIE
+from taskstream.web.disconnects import on_end
 from taskstream.web.hub import Subscription
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskstream.web.models import ListQuery, PollHeaders, StreamHeaders, StreamQuery, SubmitBody
@@ -218,7 +219,10 @@ def _no_content() -> Response:
     return response
 
 
-def _stream_response(body: Any) -> Response:
+def _stream_response(body: StreamBody) -> Response:
+    # However the request ends (even abandoned before its body is read), the stream gives back
+    # its slot and subscription when the request's ASGI call returns.
+    on_end(request.scope, body.release)
     response = Response(body, status=200)
     # Set by hand: Quart would add a charset to text/*, which the contract does not show.
     response.headers["Content-Type"] = "text/event-stream"

@@ -71,6 +71,10 @@ class StreamBody:
         finally:
             self._finalizer()
 
+    def release(self) -> None:
+        """Run the cleanup now if it has not run (when the request has ended, read or not)."""
+        self._finalizer()
+
 
 @dataclass(frozen=True)
 class StreamOptions:
