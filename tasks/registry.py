@@ -11,6 +11,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,12 +74,17 @@ def number(ge: float | None = None, le: float | None = None) -> Any:
         schema["maximum"] = le
 
     def check(value: Any) -> int | float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise PydanticCustomError("number_type", "Input should be a valid number")
+        # An integer of 309+ digits is beyond what a float (or another JSON reader) holds, and
+        # math.isfinite would overflow on it: refuse it as out of range instead.
+        if not (
+            abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
+        ):
+            raise PydanticCustomError(
+                "number_range", "Input should be a finite number of magnitude at most {max}",
+                {"max": sys.float_info.max},
+            )  # fmt: skip
         if ge is not None and value < ge:
             raise PydanticCustomError(
                 "greater_than_equal", "Input should be greater than or equal to {ge}", {"ge": ge}

@@ -72,3 +72,18 @@ def test_with_authentication_off_a_metrics_token_still_guards_metrics(make_servi
     answer = httpx.get(f"{svc.url}/metrics", headers={"Authorization": f"Bearer {SCRAPER}"})
     assert answer.status_code == 200
     assert httpx.get(f"{svc.url}/tasks").status_code == 200
+
+
+def test_an_integer_beyond_a_float_is_refused_not_a_500(service: Service):
+    for digits in (309, 400, 4000):
+        body = '{"task": "add", "kwargs": {"x": ' + "9" * digits + ', "y": 1}}'
+        answer = httpx.post(f"{service.url}/tasks", content=body,
+                            headers={"Content-Type": "application/json"})  # fmt: skip
+        assert answer.status_code == 422, (digits, answer.text[:200])
+        errors = answer.json()["errors"]
+        assert errors[0]["field"] == "x" and errors[0]["type"] == "number_range"
+    # Integers a float holds (10**308 has 309 digits) are still taken.
+    body = '{"task": "add", "kwargs": {"x": 1' + "0" * 308 + ', "y": 1}}'
+    answer = httpx.post(f"{service.url}/tasks", content=body,
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    assert answer.status_code == 202
