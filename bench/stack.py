@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import redis
 
-from tests.harness import ROOT, Proc, RedisServer, Service, free_port
+from tests.harness import ROOT, Proc, RedisServer, Service, children, free_port
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Stack:
 
     def app_pid(self) -> int:
         """The process that serves the app: Hypercorn's spawned worker, not its supervisor."""
-        for child in _children(self.web.pid):
+        for child in children(self.web.pid):
             try:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
@@ -148,21 +148,6 @@ def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[
         if report["kind"] == kind:
             return report
     raise TimeoutError(f"no {kind} report within {timeout} s")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces: the parent pid is the 2nd field after its ')'.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def _status_kb(pid: int, key: str) -> int:

@@ -234,6 +234,22 @@ class Service:
         return "\n".join(f"--- {p.name}\n{p.tail()}" for p in self.webs + self.workers)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a web's served processes, a worker's pool)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces: the parent pid is the 2nd field after its ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def wait_ready(url: str, proc: Proc, timeout: float = 30) -> None:
     if not wait_until_ready(
         url, timeout, lambda: proc.popen is not None and proc.popen.poll() is None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 
-from tests.harness import assert_contiguous, poll_until_done, read_stream, submit
+from tests.harness import assert_contiguous, children, poll_until_done, read_stream, submit
 
 
 def wait_for(base: str, task_id: str, state: str, timeout: float = 20) -> None:
@@ -22,20 +21,15 @@ def wait_for(base: str, task_id: str, state: str, timeout: float = 20) -> None:
     raise AssertionError(f"never {state}")
 
 
-def pool_children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def test_a_killed_pool_child_ends_its_task_failure_worker_lost(make_service):
     svc = make_service()
     worker = svc.start_worker(concurrency=1)
     svc.start_web()
     snap = submit(svc.url, "sleep", seconds=20, steps=40)
     wait_for(svc.url, snap["id"], "PROGRESS")
-    children = pool_children(worker.pid)
-    assert children
-    for child in children:
+    pool = children(worker.pid)
+    assert pool
+    for child in pool:
         os.kill(child, signal.SIGKILL)
     done = poll_until_done(svc.url, snap["id"], timeout=30)
     assert done["state"] == "FAILURE"

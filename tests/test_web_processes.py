@@ -17,25 +17,13 @@ from httpx_sse import connect_sse
 from tests.harness import (
     Proc,
     assert_contiguous,
+    children,
     free_port,
     read_stream,
     submit,
     wait_ready,
     web_command,
 )
-
-
-def siblings(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def alive(pid: int) -> bool:
@@ -59,7 +47,7 @@ def test_sigterm_to_the_main_pid_ends_every_stream_at_once_and_clients_resume(ma
     wait_ready(base, main)
     other = svc.start_web()  # where clients go once the pair is gone
     assert other
-    pair = [main.pid, *siblings(main.pid)]
+    pair = [main.pid, *children(main.pid)]
     assert len(pair) == 2, "WEB_CONCURRENCY=2 runs two processes"
 
     tasks = [submit(base, "sleep", seconds=10, steps=50)["id"] for _ in range(4)]
