@@ -226,6 +226,24 @@ class StreamQuery(BaseModel):
     )
 
 
+class GlobalStreamQuery(StreamQuery):
+    # The epoch qualifies the id: a bad one is a bad event id.
+    invalid: ClassVar[Invalid] = Invalid(
+        400,
+        "Bad event id",
+        f"last_event_id {_BAD_EVENT_ID}, and epoch one a stream announced.",
+        "bad-event-id",
+    )
+
+    epoch: str | None = Field(
+        None,
+        max_length=200,
+        description="The history epoch the `last_event_id` came from (each stream announces its "
+        "own). If it is not the current one, the store lost its history since: the stream replays "
+        "the new history from its start.",
+    )
+
+
 class StreamHeaders(BaseModel):
     # quart-schema passes headers by field name; the alias is the header's real name.
     model_config = ConfigDict(populate_by_name=True)

@@ -24,7 +24,14 @@ from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.disconnects import on_end
 from taskstream.web.hub import Subscription
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from taskstream.web.models import ListQuery, PollHeaders, StreamHeaders, StreamQuery, SubmitBody
+from taskstream.web.models import (
+    GlobalStreamQuery,
+    ListQuery,
+    PollHeaders,
+    StreamHeaders,
+    StreamQuery,
+    SubmitBody,
+)
 from taskstream.web.ops_routes import scrape
 from taskstream.web.problems import Problem, field_errors
 from taskstream.web.security import check_submission_rate, current_caller
@@ -286,9 +293,9 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
 
 
 @bp.get("/events")
-@validate_querystring(StreamQuery)
+@validate_querystring(GlobalStreamQuery)
 @validate_headers(StreamHeaders)
-async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Response:
+async def all_events(query_args: GlobalStreamQuery, headers: StreamHeaders) -> Response:
     svc = services()
     after = headers.resume_after(query_args)
     sub, cleanup = await _subscribe(None)
@@ -297,7 +304,7 @@ async def all_events(query_args: StreamQuery, headers: StreamHeaders) -> Respons
         epoch = await history_epoch(svc.record)
         # A client that names the epoch its id came from, and it is not the current one: Redis
         # lost its history since, so the id means nothing now; start at the new history's start.
-        if after is not None and request.args.get("epoch", epoch) != epoch:
+        if after is not None and query_args.epoch not in (None, epoch):
             after = 0
         # An id beyond the current sequence comes from before Redis lost its data: start from
         # now rather than wait, silently, for the sequence to catch up with it.

@@ -87,3 +87,11 @@ async def test_the_document_states_what_is_validated(app):
     assert {("header", "Last-Event-ID"), ("query", "last_event_id")} <= {
         (p["in"], p["name"]) for p in stream
     }
+
+
+async def test_the_global_stream_declares_its_epoch_parameter(app):
+    document = await (await app.test_client().get("/openapi.json")).get_json()
+    names = {p["name"] for p in document["paths"]["/events"]["get"]["parameters"]}
+    assert {"epoch", "last_event_id", "Last-Event-ID"} <= names
+    status, body = await problem(app, f"/events?epoch={'x' * 201}")
+    assert (status, [e["field"] for e in body["errors"]]) == (400, ["epoch"])
