@@ -35,8 +35,9 @@ class ClientGone(Exception):
     pass
 
 
-def on_end(scope: dict[str, Any], cleanup: Callable[[], None]) -> None:
-    """Run `cleanup` when this request's ASGI call returns (see EndOnDisconnect)."""
+def on_end(scope: Any, cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` when this request's ASGI call returns (see EndOnDisconnect). `scope` is the
+    request's ASGI scope, a dict (typed by Quart as a TypedDict without this key)."""
     scope.setdefault(_CLEANUPS, []).append(cleanup)
 
 
