@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
         JSON_SORT_KEYS=False,
     )
     svc = Services(settings=settings, celery=load_celery(settings))
-    svc.auth = Authenticator(settings)
+    svc.auth = Authenticator(settings, clock=lambda: svc.clock())
     svc.slots = StreamSlots(settings.max_streams_per_caller, settings.max_streams_per_process)
     app.extensions["taskstream"] = svc
     app.extensions["celery"] = svc.celery

@@ -34,7 +34,7 @@ from taskstream.web.models import (
 )
 from taskstream.web.ops_routes import scrape
 from taskstream.web.problems import Problem, field_errors
-from taskstream.web.security import check_submission_rate, current_caller
+from taskstream.web.security import check_submission_rate, current_caller, revoke_session
 from taskstream.web.services import services
 from taskstream.web.snapshots import linked, links
 from taskstream.web.streams import (
@@ -326,13 +326,15 @@ def _cookie_path() -> str:
 
 @bp.post("/session")
 async def create_session() -> Response:
-    """Trade a bearer token for a signed, expiring, HttpOnly cookie (for browsers)."""
+    """Trade a bearer token for a signed, expiring, HttpOnly cookie (for browsers). With the
+    cookie alone, the same session is signed again (with the current key) to the same end."""
     svc = services()
     caller = current_caller()
     response = _json(json.dumps({"name": caller.name, "admin": caller.admin}))
     if svc.auth.enabled:
+        cookie, deadline = svc.auth.session_cookie(caller)
         response.set_cookie(
-            SESSION_COOKIE, svc.auth.session_cookie(caller), max_age=svc.auth.session_seconds,
+            SESSION_COOKIE, cookie, max_age=max(0, int(deadline - svc.clock())),
             httponly=True, samesite="Strict", secure=request.scheme == "https", path=_cookie_path(),
         )  # fmt: skip
     return response
@@ -340,6 +342,12 @@ async def create_session() -> Response:
 
 @bp.delete("/session")
 async def end_session() -> Response:
+    """Log out: the session (whichever credential this request came with) is revoked."""
+    svc = services()
+    session = svc.auth.session_of(request) if svc.auth.enabled else None
+    for ended in (current_caller(), session):
+        if ended is not None:
+            await revoke_session(ended)
     response = _no_content()
     response.delete_cookie(SESSION_COOKIE, path=_cookie_path())
     return response

@@ -5,9 +5,10 @@ abuse (submissions per caller, open streams per caller and per process). See doc
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Quart, Response, g, request
+from quart import Quart, Response, current_app, g, request
 
 from taskstream.keys import Keys
 from taskstream.web.auth import LOCAL, Authenticator, Caller
@@ -63,6 +64,25 @@ def _same_origin(origin: str) -> bool:
     return urlsplit(origin).netloc == request.host
 
 
+def _services() -> Any:
+    # services.py imports this module: reach the per-process objects through the app instead.
+    return current_app.extensions["taskstream"]
+
+
+async def _revoked(session: str) -> bool:
+    svc = _services()
+    return bool(await svc.redis.exists(svc.keys.revoked_session(session)))
+
+
+async def revoke_session(caller: Caller) -> None:
+    """Logout: the session's cookie, and the stream tokens issued under it, stop working."""
+    if caller.session is None or caller.deadline is None:
+        return
+    svc = _services()
+    ttl = max(1, int(caller.deadline - svc.clock()) + 1)
+    await svc.redis.set(svc.keys.revoked_session(caller.session), "1", ex=ttl)
+
+
 def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> None:
     allowed = set(cors_origins)
 
@@ -91,7 +111,11 @@ def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> N
             return None
         task_id = (request.view_args or {}).get("task_id")
         stream = request.endpoint == "tasks.task_events"
-        g.caller = auth.caller(request, task_id if stream else None)
+        caller = auth.caller(request, task_id if stream else None)
+        if caller.session is not None and await _revoked(caller.session):
+            raise Problem(401, "Unauthorized", "This session was ended; sign in again.",
+                          kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        g.caller = caller
         return None
 
     @app.after_request

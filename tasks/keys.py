@@ -53,6 +53,10 @@ class Keys:
         """Names the current history of global seqs; lost with the data, so a reset shows."""
         return f"{self.prefix}:epoch"
 
+    def revoked_session(self, session: str) -> str:
+        """Set at logout, for as long as the session's cookie would still be valid: refused."""
+        return f"{self.prefix}:revoked-session:{session}"
+
     def rate(self, caller: str, window: int) -> str:
         """One caller's submissions counted in one rate-limit window."""
         return f"{self.prefix}:rate:{caller}:{window}"

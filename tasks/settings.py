@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     api_tokens: str = ""
     # Signs session cookies and stream tokens; required when API_TOKENS is set.
     secret_key: str = ""
+    # Keys that signed before SECRET_KEY (comma-separated, newest first): what they signed still
+    # verifies, so rotating SECRET_KEY ends no session. Drop them after SESSION_SECONDS.
+    previous_secret_keys: Annotated[tuple[str, ...], NoDecode] = ()
     stream_token_seconds: int = Field(300, ge=1)
     session_seconds: int = Field(8 * 3600, ge=1)
     # Origins allowed to call from a browser on another site (comma-separated, exact).
@@ -186,11 +189,45 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name!r} is not a dotted name")
         return value
 
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _keys_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(k.strip() for k in value.split(",") if k.strip())
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_entries(cls, value: str) -> str:
+        _parse_tokens(value)
+        return value
+
+    @field_validator("secret_key", "metrics_token")
+    @classmethod
+    def _long_secret(cls, value: str) -> str:
+        if value and len(value) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be {MIN_SECRET_LENGTH} characters or more")
+        return value
+
+    @field_validator("previous_secret_keys")
+    @classmethod
+    def _long_secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(key) < MIN_SECRET_LENGTH for key in value):
+            raise ValueError(f"each key must be {MIN_SECRET_LENGTH} characters or more")
+        return value
+
     @model_validator(mode="after")
     def _secret_for_tokens(self) -> Settings:
-        if self.api_tokens and len(self.secret_key) < 16:
-            raise ValueError("API_TOKENS needs SECRET_KEY (16 characters or more) to sign with")
+        if self.api_tokens and not self.secret_key:
+            raise ValueError(
+                f"API_TOKENS needs SECRET_KEY ({MIN_SECRET_LENGTH} characters or more) to sign with"
+            )
         return self
+
+    @property
+    def token_entries(self) -> list[tuple[str, str, bool]]:
+        """API_TOKENS as (name, token, admin) entries."""
+        return _parse_tokens(self.api_tokens)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -218,11 +255,35 @@ class Settings(BaseSettings):
         return 600 if self.auth_enabled else 0
 
 
+# Tokens and keys: long enough that guessing is hopeless (`openssl rand -hex 16` gives 32).
+MIN_SECRET_LENGTH = 32
+# Never echoed in an error, which may end up in a log.
+_SECRETS = {"API_TOKENS", "SECRET_KEY", "PREVIOUS_SECRET_KEYS", "METRICS_TOKEN"}
+
+
+def _parse_tokens(value: str) -> list[tuple[str, str, bool]]:
+    entries = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or (len(parts) == 3 and parts[2] != "admin"):
+            raise ValueError(f"entries are name:token[:admin] (the one for {parts[0]!r} is not)")
+        if len(parts[1]) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"the token of {parts[0]!r} is shorter than {MIN_SECRET_LENGTH} characters"
+            )
+        entries.append((parts[0], parts[1], len(parts) == 3))
+    return entries
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         name = "_".join(str(part) for part in err["loc"][:1]).upper()
         given = err.get("input")
-        shown = f" (got {given!r})" if isinstance(given, str | int | float) and name else ""
+        shown = (
+            f" (got {given!r})"
+            if isinstance(given, str | int | float) and name and name not in _SECRETS
+            else ""
+        )
         problems.append(f"{name or 'settings'}: {err['msg']}{shown}")
     return "invalid configuration: " + "; ".join(problems)

@@ -14,7 +14,10 @@ class Clock:
         return self.now
 
 
-TOKENS = {"flood": "flood-token-4444", "bob": "bob-token-2222"}
+TOKENS = {
+    "flood": "flood-token-4444-0123456789abcdef01",
+    "bob": "bob-token-2222-0123456789abcdef0123",
+}
 
 
 async def test_a_flood_of_submissions_is_limited_and_recovers_in_the_next_window(make_app):

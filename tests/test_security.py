@@ -12,8 +12,13 @@ from httpx_sse import connect_sse
 
 from tests.harness import CHROMIUM_ARGS, Service, require_chromium
 
-TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "ops": "ops-admin-333",
-          "flood": "flood-token-4444"}  # fmt: skip
+# Tokens of 32+ characters: shorter ones are refused at start.
+TOKENS = {
+    "alice": "alice-token-1-0123456789abcdef0123",
+    "bob": "bob-token-22-0123456789abcdef01234",
+    "ops": "ops-admin-333-0123456789abcdef0123",
+    "flood": "flood-token-4444-0123456789abcdef01",
+}
 GOOD_ORIGIN = "https://good.example"
 
 
@@ -27,8 +32,10 @@ def secure(redis_url, tmp_path_factory):
         redis_url,
         tmp_path_factory.mktemp("secure"),
         extra_env={
-            "API_TOKENS": "alice:alice-token-1,bob:bob-token-22,ops:ops-admin-333:admin,"
-            "flood:flood-token-4444",
+            "API_TOKENS": ",".join(
+                f"{name}:{token}" + (":admin" if name == "ops" else "")
+                for name, token in TOKENS.items()
+            ),
             "SECRET_KEY": "a-test-secret-key-of-some-length",
             "STREAM_TOKEN_SECONDS": "2",
             "CORS_ORIGINS": GOOD_ORIGIN,
