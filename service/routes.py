@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -404,50 +404,84 @@ async def list_tasks(query_args: ListQuery) -> Response:
     prefix, worker = query_args.id_prefix, query_args.worker
 
     caller = current_caller()
-    items: list[str] = []
-    scanned = 0
-    full = exhausted = False
-    while not (full or exhausted) and scanned < _LIST_SCAN_LIMIT:
-        batch = min(max(limit * 2, 50), _LIST_SCAN_LIMIT - scanned)
-        page = await svc.record.recent(max_score, batch + 1)
-        # Members sharing the cursor's score come in descending id order: skip those already
-        # passed.
-        page = [(t, sc) for t, sc in page if not (sc == max_score and max_id and t >= max_id)]
-        exhausted = len(page) <= batch
-        page = page[:batch]
-        if page and page[-1][1] < since:
-            # Newest first: past `since`, nothing further can match.
-            page = [(t, sc) for t, sc in page if sc >= since]
-            exhausted = True
+
+    async def select(page: list[tuple[str, float]]) -> list[str | None]:
+        """Each task of `page` as it is listed, or None where it is hidden or filtered out."""
         ids = [t for t, _ in page]
         snapshots = await svc.record.get_many(ids)
         owners = await svc.record.owners(ids) if not caller.admin else [None] * len(ids)
         workers = await _workers_of(ids) if worker else [None] * len(ids)
-        for (task_id, score), data, owner, ran_on in zip(
-            page, snapshots, owners, workers, strict=True
-        ):
-            scanned += 1
-            max_score, max_id = score, task_id
-            if data is None:  # expired since it was indexed
-                continue
-            if owner is not None and not caller.sees(owner):
-                continue
-            if (prefix and not task_id.startswith(prefix)) or (worker and ran_on != worker):
-                continue
-            if states or names:
-                snap = json.loads(data)
-                if (states and snap["state"] not in states) or (
-                    names and snap["task"] not in names
-                ):
-                    continue
-            items.append(_linked(data, task_id))
-            if len(items) == limit:
-                full = True
-                exhausted = exhausted and (task_id, score) == page[-1]
-                break
-    next_cursor = None if exhausted or max_id is None else _encode_cursor(max_score, max_id)
+        chosen: list[str | None] = []
+        for task_id, data, owner, ran_on in zip(ids, snapshots, owners, workers, strict=True):
+            visible = data is not None and (owner is None or caller.sees(owner))
+            if visible and ((prefix and not task_id.startswith(prefix)) or
+                            (worker and ran_on != worker)):  # fmt: skip
+                visible = False
+            if visible and (states or names):
+                snap = json.loads(data or "{}")
+                visible = (not states or snap["state"] in states) and (
+                    not names or snap["task"] in names
+                )
+            chosen.append(_linked(data, task_id) if visible and data else None)
+        return chosen
+
+    items, next_at = await list_page(svc.record, select, limit, (max_score, max_id), since)
+    next_cursor = None if next_at is None else _encode_cursor(*next_at)
     body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
     return _json(body)
+
+
+async def list_page(
+    record: Any,
+    select: Callable[[list[tuple[str, float]]], Awaitable[list[str | None]]],
+    limit: int,
+    after: tuple[float, str | None],
+    since: float = float("-inf"),
+) -> tuple[list[str], tuple[float, str] | None]:
+    """Up to `limit` listed tasks, newest first, from just after `after` (score, id), and where
+    to go on from, or None when nothing more can follow.
+
+    `select` says how each task of a batch is listed (None: hidden from this caller or filtered
+    out). At most _LIST_SCAN_LIMIT tasks are examined per request, however few are visible: the
+    page may then be short, and the position reached is returned, never None while more may
+    exist. Tasks sharing a score are ordered by id (descending), so no tie is skipped or repeated.
+    """
+    max_score, max_id = after
+    items: list[str] = []
+    scanned = 0
+    while scanned < _LIST_SCAN_LIMIT:
+        want = min(max(limit * 2, 50), _LIST_SCAN_LIMIT - scanned)
+        fetch = want + 1
+        while True:
+            raw = await record.recent(max_score, fetch)
+            # The bound is inclusive: drop the ties at it that were already passed.
+            fresh = [
+                (t, sc) for t, sc in raw
+                if not (sc == max_score and max_id is not None and t >= max_id)
+            ]  # fmt: skip
+            more = len(raw) == fetch  # Redis had this many at least: there may be more
+            if fresh or not more:
+                break
+            fetch *= 2  # a run of ties already passed: look past it
+        page = fresh[:want]
+        more = more or len(fresh) > want
+        if page and page[-1][1] < since:
+            # Newest first: past `since`, nothing further can match.
+            page = [(t, sc) for t, sc in page if sc >= since]
+            more = False
+        chosen = await select(page)
+        for (task_id, score), listed in zip(page, chosen, strict=True):
+            scanned += 1
+            max_score, max_id = score, task_id
+            if listed is None:
+                continue
+            items.append(listed)
+            if len(items) == limit:
+                done = not more and (task_id, score) == page[-1]
+                return items, None if done else (max_score, max_id)
+        if not more:
+            return items, None
+    return items, None if max_id is None else (max_score, max_id)
 
 
 async def _workers_of(task_ids: list[str]) -> list[str | None]:

@@ -1,0 +1,92 @@
+"""GET /tasks shows every task a caller may see, newest first, however many newer tasks others
+submit: a page examines a bounded number of tasks and the cursor carries on (issue 10, item 4).
+In-process against a real Redis; tasks are recorded as the web records them."""
+
+from __future__ import annotations
+
+import uuid
+
+from taskstream.record import Change, new_task_fields, utcnow
+from taskstream.states import TaskState
+from taskstream.web.services import services
+
+ALICE = "alice-token-" + "a" * 32
+MALLORY = "mallory-token-" + "m" * 32
+OPS = "ops-token-" + "o" * 32
+TOKENS = f"alice:{ALICE},mallory:{MALLORY},ops:{OPS}:admin"
+
+
+async def record(
+    owner: str, score: float, task: str = "add", state: TaskState | None = None
+) -> str:
+    record = services().record
+    task_id = str(uuid.uuid4())
+    now = utcnow()
+    await record.record(
+        Change(
+            task_id, new_task_fields(task_id, task, now, owner), create=True, score=score, at=now
+        )
+    )
+    if state is not None:
+        await record.record(Change(task_id, {"state": state, "finished_at": utcnow()}))
+    return task_id
+
+
+async def every_page(client, token: str, query: str) -> tuple[list[str], int]:  # type: ignore[no-untyped-def]
+    """All ids over all pages (and how many pages), following `next` to its end."""
+    ids: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        url = f"/tasks?{query}" + (f"&cursor={cursor}" if cursor else "")
+        response = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        body = await response.get_json()
+        pages += 1
+        ids += [t["id"] for t in body["items"]]
+        cursor = body["next"]
+        if cursor is None:
+            return ids, pages
+        assert pages < 100
+
+
+async def test_newer_tasks_of_others_do_not_hide_a_callers_own(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        mine = [await record("alice", 1_000 + i) for i in range(3)]
+        for i in range(101):  # more than a page of newer tasks alice cannot see
+            await record("mallory", 2_000 + i)
+    for limit in (1, 2, 20, 100):
+        ids, _ = await every_page(client, ALICE, f"limit={limit}")
+        assert ids == mine[::-1], limit
+
+
+async def test_past_the_scan_bound_the_cursor_carries_on(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        mine = [await record("alice", 1_000 + i) for i in range(2)]
+        for i in range(2_300):  # beyond what one request examines (2,000)
+            await record("mallory", 5_000 + i)
+        newest = await record("alice", 9_000)
+    first = await client.get("/tasks?limit=5", headers={"Authorization": f"Bearer {ALICE}"})
+    body = await first.get_json()
+    assert [t["id"] for t in body["items"]] == [newest]  # short, but not the end
+    assert body["next"] is not None
+    ids, pages = await every_page(client, ALICE, "limit=5")
+    assert ids == [newest, *mine[::-1]]
+    assert pages == 2
+
+
+async def test_admin_filters_find_old_matches_behind_many_newer_tasks(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        failed = await record("alice", 1_000, "fail", TaskState.FAILURE)
+        slept = await record("alice", 1_001, "sleep")
+        for i in range(150):
+            await record("mallory", 2_000 + i, "add", TaskState.SUCCESS)
+    for limit in (1, 5, 50):
+        assert (await every_page(client, OPS, f"limit={limit}&state=FAILURE"))[0] == [failed]
+        assert (await every_page(client, OPS, f"limit={limit}&task=sleep"))[0] == [slept]
