@@ -6,40 +6,46 @@ import os
 import sys
 import time
 
-from bench import latency, report, streams, throughput
+from bench import fleet, hub_cost, latency, replicas, report, streams, submissions, throughput
 from bench.stack import Stack
 from taskstream.web.launch import raise_open_file_limit
 
 NOTES = """How each figure is taken:
 
-- Open streams: two client processes open 5,000 SSE connections in all to
+- Hub CPU per change: in the bench's own process, a hub as the web runs it (uvloop) follows one
+  task with one stream; a thread publishes 10,000 announcements in the record's format on that
+  task's channel (paced at 2,000/s, then as fast as it can), then 10,000 on other tasks'
+  channels. The figure is the hub thread's CPU time (time.thread_time) divided by the changes:
+  from the bytes on the socket to the encoded SSE frame, the write excluded.
+- Four web processes: one holds a stream of one task that changes ten times a second; a load
+  process records changes of 200 other tasks at 2,000/s (pipelined, straight into the record
+  as workers do) for 10 s. CPU is each process's utime+stime from /proc over the window, next
+  to the same window idle before; messages are `taskstream_pubsub_messages_total`.
+- Open streams: two client processes open 10,000 SSE connections in all to
   `/tasks/{id}/events` of one `sleep` task that reports progress every second. Memory is the
-  VmRSS of the process that serves the app (Hypercorn's worker) with the streams open, minus
-  before, divided by the streams. Redis connections are those in Redis's `CLIENT LIST` whose
-  address is a socket of that process. The spread of a change is the time from the first
-  stream's receipt to the last one's, over the progress changes after all were open and the
-  final `REVOKED` one (the task is cancelled to end the streams).
-- Latency: a few streams follow a `sleep` task of 500 steps of 10 ms; each live event's delay
-  is its receipt time minus its `updated_at`, the moment the worker recorded the change (the
-  first event of each stream, the stored snapshot, is not counted).
+  VmRSS of the web process with the streams open, minus before, divided by the streams. Redis
+  connections are those in Redis's `CLIENT LIST` whose address is a socket of that process. The
+  spread of a change is the time from the first stream's receipt to the last one's, over the
+  progress changes after all were open and the final `REVOKED` one (the task is cancelled).
+- Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms while 5,000 other streams are
+  open on another task; each live event's delay is its receipt time minus its `updated_at`, the
+  moment the worker recorded the change (each stream's first event is not counted).
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
 - Submissions: keep-alive clients posting `add` tasks for 5 s, with the worker paused (SIGSTOP)
-  so that the figure is the web's acceptance rate alone. Most of that time is Celery's
-  synchronous publishing (kombu), which runs on the web's thread pool; at the default log level
-  (INFO) each accepted task also writes a log line (`BENCH_LOG_LEVEL=WARNING` gives ~20% more).
+  so that the figure is the web's acceptance rate alone; the same against `bench/plain_app.py`
+  (a Quart route that only calls `task.apply_async`, under Hypercorn on uvloop), and against
+  WEB_CONCURRENCY=2 on one port. py-spy samples the web during a second run of ours.
+- RECORD_MIN_REPLICAS: 2,000 changes recorded one after another against a master with one
+  replica (both private redis-servers), acknowledged at once (0) or after Redis WAIT (1).
 
-The web runs as `taskstream.web.launch.web_command` starts it: Hypercorn on uvloop, defaults.
-What the figures owe to tuning found with this bench: uvloop (about half the fan-out time), a
-Redis pool of 4 (it had grown to 16 under 5,000 opens), streams that keep no sent snapshot and
-wake on one future (35.6 -> 31 KB a stream), and the web's young-GC threshold of 10,000 with
-import-time objects frozen (full collections of 0.6-0.7 s every few changes are gone).
-Server, worker, Redis and the load generators share the machine's cores, so the load generators'
-own work is inside every figure (the spread includes the clients' time to read 5,000 events).
+The web runs as `make run` and the Procfile start it (`python -m taskstream.web.serve`, uvloop),
+WEB_CONCURRENCY=1 unless a row says otherwise. Server, worker, Redis and the load generators
+share the machine's cores, so the load generators' own work is inside every figure.
 """
 
 # Each load-generating process holds up to half of the streams, plus a margin.
-_FILES_NEEDED = 2_600
+_FILES_NEEDED = 5_200
 
 
 def main() -> int:
@@ -48,7 +54,7 @@ def main() -> int:
 
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < _FILES_NEEDED:
         print(f"the open-file limit is below {_FILES_NEEDED}: raise it (ulimit -Hn) to bench "
-              "5,000 streams", file=sys.stderr)  # fmt: skip
+              "10,000 streams", file=sys.stderr)  # fmt: skip
         return 2
     load = os.getloadavg()
     started = time.monotonic()
@@ -56,17 +62,25 @@ def main() -> int:
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
     stack.start()
     try:
-        print("latency: 500 changes, 5 streams ...", flush=True)
-        lat = latency.measure(stack)
-        print("open streams: 5,000 on one task ...", flush=True)
-        many = streams.measure(stack)
+        print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
+        lat = latency.measure_with_open_streams(stack, 5_000)
+        print("open streams: 10,000 on one task ...", flush=True)
+        many = streams.measure(stack, n=10_000)
         print("stream opens a second ...", flush=True)
         opens = throughput.stream_opens(stack)
-        print("submissions a second ...", flush=True)
-        subs = throughput.submissions(stack)
+        print("submissions a second: ours, a plain route, two processes; py-spy ...", flush=True)
+        subs = submissions.measure(stack)
+        print("the hub's CPU per change ...", flush=True)
+        hub = hub_cost.measure(stack.redis.url)
+        print("four web processes, 2,000 changes a second of tasks one of them serves ...",
+              flush=True)  # fmt: skip
+        crowd = fleet.measure(stack.redis.url, stack.logdir)
     finally:
         stack.stop()
-    text = report.write(many, lat, opens, subs, NOTES, load)
+    print("RECORD_MIN_REPLICAS: a master and a replica ...", flush=True)
+    rep = replicas.measure()
+    figures = report.Figures(many, lat, opens, subs, hub, crowd, rep)
+    text = report.write(figures, NOTES, load)
     print()
     print(text)
     print(f"(written to {report.RESULTS}; {time.monotonic() - started:.0f} s in all)")

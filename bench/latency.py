@@ -13,6 +13,8 @@ class LatencyResult:
     streams: int
     samples_ms: list[float]
     errors: int
+    # Other streams open on the web process meanwhile.
+    background: int = 0
 
     def percentile(self, p: float) -> float:
         data = sorted(self.samples_ms)
@@ -39,3 +41,27 @@ def measure(stack: Stack, streams: int = 5, steps: int = 500, step: float = 0.01
         samples_ms=[x * 1000 for x in done["latencies"]],
         errors=done["errors"],
     )
+
+
+def measure_with_open_streams(stack: Stack, open_streams: int = 5_000) -> LatencyResult:
+    """As `measure`, while `open_streams` other streams (on another task) are open on the web."""
+    background = stack.submit("sleep", seconds=600, steps=600)
+    stack.wait_state(background["id"], {"STARTED", "PROGRESS"}, 30)
+    path = f"/tasks/{background['id']}/events"
+    half = open_streams // 2
+    holders = [
+        client_process(
+            "hold", host="127.0.0.1", port=stack.port, path=path, n=k, parallel=100, seconds=600
+        )
+        for k in (half, open_streams - half)
+    ]
+    opened = sum(read_report(p, "ready", 300)["opened"] for p in holders)
+    try:
+        result = measure(stack)
+    finally:
+        stack.cancel(background["id"])
+        for p in holders:
+            read_report(p, "done", 120)
+            p.wait(30)
+    result.background = opened
+    return result

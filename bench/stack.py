@@ -1,6 +1,5 @@
 """The system under measurement: a private Redis, one worker and ONE web process of our own.
 
-BENCH_WEB_ARGS (bench only) adds Hypercorn options to the web's command, to try some out;
 BENCH_LOG_LEVEL sets the web's and worker's LOG_LEVEL (default: the service's own, INFO).
 """
 
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import redis
 
-from tests.harness import ROOT, Proc, RedisServer, Service, children, free_port
+from tests.harness import ROOT, Proc, RedisServer, Service, free_port
 
 
 @dataclass
@@ -54,8 +53,7 @@ class Stack:
         self.service = Service(self.redis.url, self.logdir, self.prefix, extra_env)
         # The worker is ready when it has run a task (below): its log may not say so.
         self.service.start_worker(self.worker_concurrency, name="worker", wait=False)
-        extra = tuple(os.environ.get("BENCH_WEB_ARGS", "").split())
-        self.service.start_web(self.port, extra_args=extra, timeout=60)
+        self.service.start_web(self.port, timeout=60)
         task = self.submit("add", x=1, y=2)
         self.wait_done(task["id"], 60)
         return self
@@ -101,14 +99,7 @@ class Stack:
     # --- the web process, seen from outside
 
     def app_pid(self) -> int:
-        """The process that serves the app: Hypercorn's spawned worker, not its supervisor."""
-        for child in children(self.web.pid):
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"spawn_main" in cmdline:
-                return child
+        """The process that serves the app: the web's main process (WEB_CONCURRENCY=1)."""
         return self.web.pid
 
     def rss_kb(self) -> int:

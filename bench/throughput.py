@@ -37,13 +37,17 @@ def stream_opens(stack: Stack, concurrency: int = 50, seconds: float = 5.0) -> R
     return Rate(done["completed"], done["failed"], done["seconds"], concurrency)
 
 
-def submissions(stack: Stack, concurrency: int = 32, seconds: float = 5.0) -> Rate:
-    """POST /tasks (add) from many keep-alive clients, the worker paused: the web's rate alone."""
+def submissions(
+    stack: Stack, concurrency: int = 32, seconds: float = 5.0, port: int | None = None
+) -> Rate:
+    """POST /tasks (add) from many keep-alive clients, the worker paused: the web's rate alone
+    (the stack's web, or whatever serves `port`)."""
     stack.pause_worker(True)
     try:
         proc = client_process(
-            "submit", host="127.0.0.1", port=stack.port, concurrency=concurrency, seconds=seconds
-        )
+            "submit", host="127.0.0.1", port=port or stack.port, concurrency=concurrency,
+            seconds=seconds,
+        )  # fmt: skip
         done = read_report(proc, "done", seconds + 60)
         proc.wait(30)
     finally:
