@@ -23,6 +23,28 @@ from taskstream.web.media import PROBLEM_JSON
 log = logging.getLogger(__name__)
 
 
+# A body of hostile input (a 60 KB list of bad values) must not make an answer fifty times its
+# size: the first errors are enough to fix the request, each cut to a readable length.
+MAX_ERRORS = 20
+MAX_ERROR_TEXT = 200
+
+
+def _capped(errors: list[Any]) -> dict[str, Any]:
+    def cut(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > MAX_ERROR_TEXT:
+            return value[: MAX_ERROR_TEXT - 1] + "…"
+        return value
+
+    kept = [
+        {k: cut(v) for k, v in e.items()} if isinstance(e, dict) else cut(e)
+        for e in errors[:MAX_ERRORS]
+    ]
+    capped: dict[str, Any] = {"errors": kept}
+    if len(errors) > MAX_ERRORS:
+        capped["errors_omitted"] = len(errors) - MAX_ERRORS
+    return capped
+
+
 class Problem(Exception):
     """Raise anywhere in a request to answer with a problem document."""
 
@@ -42,6 +64,8 @@ class Problem(Exception):
         self.detail = detail
         self.kind = kind
         self.headers = headers or {}
+        if isinstance(extensions.get("errors"), list):
+            extensions.update(_capped(extensions["errors"]))
         self.extensions = extensions
 
     @property

@@ -17,6 +17,11 @@ from taskstream.web.problems import Problem
 # Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in).
 PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 _ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID, If-None-Match"
 
 
@@ -117,6 +122,16 @@ def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> N
                           kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
         g.caller = caller
         return None
+
+    @app.after_request
+    async def _headers(response: Response) -> Response:
+        # Every answer: no type sniffing, no framing (clickjacking), and pages that run only
+        # the service's own scripts and styles, none inline (the pages keep theirs in static/).
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
 
     @app.after_request
     async def _cors(response: Response) -> Response:

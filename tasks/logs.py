@@ -38,15 +38,24 @@ class StructuredFormatter(logging.Formatter):
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         if self.as_json:
-            return json.dumps(fields, ensure_ascii=False)
+            return _one_line(json.dumps(fields, ensure_ascii=False))
         return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
+
+
+# JSON leaves these raw, yet log readers (and str.splitlines) break lines at them: a value could
+# forge a record of its own. Escaped, they stay valid JSON inside the string.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_LINE_BREAKS)
 
 
 def _quote(value: object) -> str:
     text = str(value)
     if text and all(c.isalnum() or c in "-_.:/[]@+" for c in text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _one_line(json.dumps(text, ensure_ascii=False))
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:

@@ -91,3 +91,70 @@ def test_an_integer_beyond_a_float_is_refused_not_a_500(service: Service):
     answer = httpx.post(f"{service.url}/tasks", content=body,
                         headers={"Content-Type": "application/json"})  # fmt: skip
     assert answer.status_code == 202
+
+
+def test_a_huge_list_of_bad_arguments_gets_a_bounded_answer(service: Service):
+    body = {"task": "add", "args": ["not a number"] * 6000}  # about 60 KB
+    answer = httpx.post(f"{service.url}/tasks", json=body)
+    assert answer.status_code in (413, 422), answer.status_code
+    assert len(answer.content) < 16_000, len(answer.content)
+    body = {"task": "add", "kwargs": {f"k{i}": "x" * 50 for i in range(900)}}
+    answer = httpx.post(f"{service.url}/tasks", json=body)
+    assert answer.status_code == 422
+    assert len(answer.content) < 16_000, len(answer.content)
+    problem = answer.json()
+    assert len(problem["errors"]) == 20 and problem["errors_omitted"] > 0
+
+
+def test_every_answer_carries_the_browser_protections(service: Service):
+    for path in ("/", "/docs", "/tasks", "/openapi.json", "/no-such-page"):
+        headers = httpx.get(service.url + path).headers
+        assert headers["x-content-type-options"] == "nosniff", path
+        assert headers["x-frame-options"] == "DENY", path
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp, path
+        assert "script-src 'self'" in csp, path
+
+
+def test_the_pages_work_under_their_content_security_policy(service: Service):
+    from playwright.sync_api import sync_playwright
+
+    from tests.harness import CHROMIUM_ARGS, require_chromium
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=require_chromium(),
+                                             args=CHROMIUM_ARGS)  # fmt: skip
+        try:
+            page = browser.new_page()
+            refused: list[str] = []
+            page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text
+                    or "Refused to" in m.text else None)  # fmt: skip
+            page.goto(service.url + "/docs")
+            page.wait_for_selector("details.op")  # rendered by its script, styled by its sheet
+            assert page.eval_on_selector("body", "b => getComputedStyle(b).margin") == "0px"
+            page.goto(service.url + "/")
+            page.wait_for_selector("#mode[data-mode=live]")
+            assert refused == []
+        finally:
+            browser.close()
+
+
+def test_line_separators_never_split_a_log_record():
+    import io
+    import logging
+
+    from taskstream.logs import StructuredFormatter
+
+    for as_json in (False, True):
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(StructuredFormatter(as_json))
+        logger = logging.getLogger(f"test-line-breaks-{as_json}")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.warning("path %s", "/a\u2028level=ERROR forged\u2029x\x85y")
+        logger.removeHandler(handler)
+        written = stream.getvalue()
+        assert not {"\u2028", "\u2029", "\x85"} & set(written)
+        assert len(written.splitlines()) == 1
+        assert "\\u2028" in written
