@@ -4,6 +4,7 @@ own parser after a known workload."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskstream.keys import Keys
-from tests.harness import Service, poll_until_done, submit
+from tests.harness import ROOT, Service, poll_until_done, submit
 
 
 def _families(base: str) -> dict:
@@ -84,6 +85,11 @@ def test_metrics_after_a_known_workload(make_service) -> None:
     assert fam["process_resident_memory_bytes"].samples[0].value > 0
     assert fam["process_open_fds"].samples[0].value > 0
     assert fam["python_gc_collections"].samples
+    # The shipped Grafana dashboard reads only series this exposition has.
+    exposed = {s.name for f in fam.values() for s in f.samples}
+    grafana = (ROOT / "docs" / "grafana-dashboard.json").read_text()
+    wanted = set(re.findall(r"\b((?:taskstream|process)_[a-z_]+)", grafana))
+    assert wanted and wanted <= exposed, wanted - exposed
 
 
 def test_counters_past_a_million_print_every_digit(make_service) -> None:
