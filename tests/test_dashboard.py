@@ -460,8 +460,16 @@ def test_screenshots_desktop_and_phone(make_service, open_page, tmp_path: Path) 
     page.click("#submit-button")
     page.locator("#arg-seconds-error").wait_for()
     page.evaluate("document.activeElement.blur()")
+    # The operations panels have read the workers and the finished tasks.
+    page.wait_for_selector("tr.worker[data-online=true]")
+    page.wait_for_function(
+        "Number(document.querySelector('#throughput-chart').dataset.total || 0) >= 4"
+    )
     page.wait_for_timeout(400)  # let the progress bars' short transition settle
 
+    # A full-page picture does not scroll, so rows the browser skips off screen
+    # (content-visibility) would be blank in it: render them all for the picture.
+    page.add_style_tag(content=".task { content-visibility: visible; }")
     shots = {"dashboard.png": DESKTOP, "dashboard-phone.png": PHONE}
     for name, viewport in shots.items():
         page.set_viewport_size(viewport)
@@ -479,6 +487,15 @@ def test_screenshots_desktop_and_phone(make_service, open_page, tmp_path: Path) 
     form_box = page.locator(".submit-panel").bounding_box()
     list_box = page.locator(".tasks-panel").bounding_box()
     assert list_box["x"] >= form_box["x"] + form_box["width"]
+
+    # A task's own page: the flaky task's timeline, retries and all.
+    page.set_viewport_size(DESKTOP)
+    page.goto(f"{svc.url}/?id={ids[3]}")
+    page.wait_for_selector("#detail[data-state=SUCCESS] #timeline li")
+    page.add_style_tag(content=".task { content-visibility: visible; }")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(tmp_path / "dashboard-detail.png"), full_page=True)
+    shots["dashboard-detail.png"] = DESKTOP
 
     if os.environ.get("TASKSTREAM_SCREENSHOTS") == "docs":
         docs = ROOT / "docs"

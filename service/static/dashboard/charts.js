@@ -66,7 +66,7 @@ export function runtimeChart(container, runtimes, format) {
   const left = 90;
   const height = Math.max(1, rows.length) * rowH + 8;
   const top = Math.max(...rows.map((r) => r.p95 || 0), 0.001);
-  const scale = (v) => ((width - left - 120) * (v || 0)) / top;
+  const scale = (v) => ((width - left - 230) * (v || 0)) / top;
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
   root.append(svg("title", {}, "Runtime p50 and p95 per task over the last hour."));
   if (!rows.length) {
@@ -78,7 +78,7 @@ export function runtimeChart(container, runtimes, format) {
     g.append(svg("text", { x: left - 6, y: y + 15, "text-anchor": "end", class: "label" }, r.task));
     g.append(svg("rect", { x: left, y: y + 2, width: Math.max(1, scale(r.p95)), height: 16, class: "p95" }));
     g.append(svg("rect", { x: left, y: y + 6, width: Math.max(1, scale(r.p50)), height: 8, class: "p50" }));
-    g.append(svg("text", { x: left + scale(r.p95) + 6, y: y + 15, class: "axis" }, `p50 ${format(r.p50)} · p95 ${format(r.p95)} · ${r.count} runs`));
+    g.append(svg("text", { x: left + scale(r.p95) + 6, y: y + 15, class: "axis" }, `p50 ${format(r.p50)} · p95 ${format(r.p95)} · ${r.count} run${r.count === 1 ? "" : "s"}`));
     root.append(g);
   });
   container.replaceChildren(root);
