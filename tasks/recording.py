@@ -31,6 +31,7 @@ from taskstream.states import TaskState
 log = logging.getLogger(__name__)
 
 _RECORD_RETRIES = 18
+_PUBLISH_RETRIES = 3
 
 # The message header that carries the submitting caller (POST /tasks) to the record; a task sent
 # from inside a task inherits its parent's.
@@ -49,19 +50,38 @@ class Tracking:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._recorder: Recorder | None = None
+        self._publisher: Recorder | None = None
         self._lock = threading.Lock()
 
     @property
     def recorder(self) -> Recorder:
+        """The worker's: a change made while Redis is away is retried for about half a minute."""
         rec = self._recorder
         if rec is None:
             with self._lock:
                 rec = self._recorder
                 if rec is None:
-                    rec = self._recorder = self._new_recorder()
+                    rec = self._recorder = self._new_recorder(
+                        Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES)
+                    )
         return rec
 
-    def _new_recorder(self) -> Recorder:
+    @property
+    def publisher(self) -> Recorder:
+        """The producer's, for records made when a task is sent: it gives up within a second
+        or so, since a sender must not hang on the record (the worker records a task it
+        receives unrecorded, and POST /tasks answers 503)."""
+        rec = self._publisher
+        if rec is None:
+            with self._lock:
+                rec = self._publisher
+                if rec is None:
+                    rec = self._publisher = self._new_recorder(
+                        Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=_PUBLISH_RETRIES)
+                    )
+        return rec
+
+    def _new_recorder(self, retry: Retry) -> Recorder:
         s = self.settings
         client = sync_client(
             s,
@@ -69,9 +89,7 @@ class Tracking:
             socket_timeout=10,
             socket_connect_timeout=2,
             health_check_interval=30,
-            # A change the worker makes while Redis is away (restarting, failing over) is retried
-            # for about half a minute rather than lost; the task waits meanwhile.
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES),
+            retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         return Recorder(
@@ -86,13 +104,14 @@ class Tracking:
 
     def forget_client(self) -> None:
         """In a forked child: the parent's sockets are not ours to use (or close)."""
-        self._recorder = None
+        self._recorder = self._publisher = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        if self._recorder is not None:
-            self._recorder.client.close()
-            self._recorder = None
+        for rec in (self._recorder, self._publisher):
+            if rec is not None:
+                rec.client.close()
+        self._recorder = self._publisher = None
 
 
 _tracked: weakref.WeakKeyDictionary[Celery, Tracking] = weakref.WeakKeyDictionary()
@@ -277,7 +296,7 @@ def record_publish(t: Tracking, change: Change) -> None:
     sub = _submission.get()
     mine = sub is not None and sub.task_id == change.task_id
     try:
-        outcome = t.recorder.record(change)
+        outcome = t.publisher.record(change)
     except Exception as exc:
         if mine:
             raise NotRecorded(exc) from exc
