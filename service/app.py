@@ -11,6 +11,7 @@ from taskstream.web.auth import Authenticator
 from taskstream.web.disconnects import EndOnDisconnect
 from taskstream.web.embed import RootPath
 from taskstream.web.ops_routes import bp as ops_bp
+from taskstream.web.proxies import ForwardedFromTrustedProxies, networks
 from taskstream.web.routes import bp
 from taskstream.web.security import StreamSlots
 from taskstream.web.services import Services
@@ -34,7 +35,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     app.extensions["taskstream"] = svc
     app.extensions["celery"] = svc.celery
     problems.register(app)
-    security.install(app, svc.auth, settings.cors_origins)
+    security.install(app, svc.auth, settings.cors_origins, settings.hosts_allowed)
     app.register_blueprint(bp)
     app.register_blueprint(ops_bp)
     openapi.install(app)
@@ -44,8 +45,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     timed = WriteTimeout(
         app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
     )
-    app.asgi_app = RootPath(  # type: ignore[method-assign, assignment]
-        EndOnDisconnect(timed), settings.trust_forwarded_prefix
+    app.asgi_app = ForwardedFromTrustedProxies(  # type: ignore[method-assign, assignment]
+        RootPath(EndOnDisconnect(timed), settings.trust_forwarded_prefix),
+        networks(settings.trusted_proxies),
     )
 
     @app.after_request

@@ -16,6 +16,8 @@ from taskstream.web.problems import Problem
 
 # Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in).
 PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
+# Orchestrators probe by address: health answers whatever the Host.
+_PROBES = {"tasks.healthz", "tasks.readyz"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -88,11 +90,30 @@ async def revoke_session(caller: Caller) -> None:
     await svc.redis.set(svc.keys.revoked_session(caller.session), "1", ex=ttl)
 
 
-def install(app: Quart, auth: Authenticator, cors_origins: tuple[str, ...]) -> None:
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def install(
+    app: Quart,
+    auth: Authenticator,
+    cors_origins: tuple[str, ...],
+    hosts: frozenset[str] | None = None,
+) -> None:
     allowed = set(cors_origins)
 
     @app.before_request
     async def _guard() -> Response | None:
+        # A DNS-rebinding page reaches the service under its own name: answer only to the names
+        # allowed (ALLOWED_HOSTS; with authentication off, loopback ones by default).
+        if hosts is not None and request.endpoint not in _PROBES:
+            if _host_name(request.host) not in hosts:
+                raise Problem(400, "Host not allowed",
+                              "This service does not answer to that Host; see ALLOWED_HOSTS.",
+                              kind="host-not-allowed")  # fmt: skip
         origin = request.headers.get("Origin")
         cross_site = origin is not None and not _same_origin(origin)
         if request.method == "OPTIONS" and cross_site:

@@ -7,6 +7,7 @@ silently to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -88,6 +89,13 @@ class Settings(BaseSettings):
     # Behind a proxy that strips that path and names it in X-Forwarded-Prefix instead: believe the
     # header. Only when the proxy sets it on every request, or clients could choose the links.
     trust_forwarded_prefix: bool = False
+    # Reverse proxies whose X-Forwarded-Proto / X-Forwarded-For are believed (addresses or
+    # networks, comma-separated): behind a TLS proxy, the session cookie is then Secure.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Host header values the web answers (comma-separated, `*` for any). Default: with
+    # authentication off the loopback names only, so a DNS-rebinding page cannot reach it; with
+    # authentication on, any.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # Prefixes every Redis key, pub/sub channel and Celery queue, so two deployments can share one
     # Redis (channels ignore database numbers, so a database number alone would not separate them).
     key_prefix: str = Field("taskstream", pattern=r"^[^:\s]+$")
@@ -188,6 +196,30 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
                 raise ValueError(f"{name!r} is not a dotted name")
         return value
+
+    @field_validator("trusted_proxies", "allowed_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip().lower() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or network") from None
+        return value
+
+    @property
+    def hosts_allowed(self) -> frozenset[str] | None:
+        """The Host names answered, None for any."""
+        if self.allowed_hosts:
+            return None if "*" in self.allowed_hosts else frozenset(self.allowed_hosts)
+        return None if self.auth_enabled else frozenset({"localhost", "127.0.0.1", "::1"})
 
     @field_validator("previous_secret_keys", mode="before")
     @classmethod

@@ -103,7 +103,7 @@ def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_se
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", svc.ports[0]))
-    stalled.sendall(f"GET /tasks/{task_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    stalled.sendall(f"GET /tasks/{task_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
     # ...and it never reads again. A well-behaved client follows the same task meanwhile.
     good: list[tuple[int, dict]] = []

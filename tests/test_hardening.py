@@ -158,3 +158,46 @@ def test_line_separators_never_split_a_log_record():
         assert not {"\u2028", "\u2029", "\x85"} & set(written)
         assert len(written.splitlines()) == 1
         assert "\\u2028" in written
+
+
+def test_with_authentication_off_only_loopback_names_are_answered(service: Service):
+    port = service.ports[0]
+    for host in ("evil.example", f"rebound.attacker.example:{port}", "10.0.0.8"):
+        answer = httpx.get(f"{service.url}/tasks", headers={"Host": host})
+        assert answer.status_code == 400, host
+        assert answer.json()["type"] == "/problems/host-not-allowed"
+        rebound = {"Host": host, "Origin": f"http://{host}"}
+        refused = httpx.post(f"{service.url}/tasks", headers=rebound, json={"task": "add"})
+        assert refused.status_code == 400  # a rebinding page's same-origin POST gets nowhere
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert httpx.get(f"{service.url}/tasks", headers={"Host": host}).status_code == 200
+    # Orchestrators probe by address.
+    assert httpx.get(f"{service.url}/healthz", headers={"Host": "10.0.0.8"}).status_code == 200
+
+
+def test_allowed_hosts_and_a_trusted_proxys_scheme(make_service):
+    svc = make_service(**SECURE_ENV, ALLOWED_HOSTS="jobs.example", TRUSTED_PROXIES="127.0.0.0/8")
+    svc.start_web()
+    bearer = {"Authorization": f"Bearer {ALICE}"}
+    assert (
+        httpx.get(f"{svc.url}/tasks", headers={**bearer, "Host": "jobs.example"}).status_code == 200
+    )
+    assert (
+        httpx.get(f"{svc.url}/tasks", headers={**bearer, "Host": "other.example"}).status_code
+        == 400
+    )
+    # Behind the TLS proxy (a trusted address here), the cookie is Secure.
+    headers = {**bearer, "Host": "jobs.example"}
+    behind = httpx.post(f"{svc.url}/session", headers={**headers, "X-Forwarded-Proto": "https"})
+    assert "Secure" in behind.headers["set-cookie"]
+    direct = httpx.post(f"{svc.url}/session", headers=headers)
+    assert "Secure" not in direct.headers["set-cookie"]
+
+
+def test_forwarded_headers_from_anyone_else_are_ignored(make_service):
+    svc = make_service(**SECURE_ENV, TRUSTED_PROXIES="192.0.2.0/24")
+    svc.start_web()
+    claimed = httpx.post(f"{svc.url}/session", headers={"Authorization": f"Bearer {ALICE}",
+                         "X-Forwarded-Proto": "https"})  # fmt: skip
+    assert claimed.status_code == 200
+    assert "Secure" not in claimed.headers["set-cookie"]

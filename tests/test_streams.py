@@ -124,7 +124,7 @@ def test_keepalive_comments_while_nothing_changes(make_service):
     svc.start_web()
     snap = submit(svc.url, "sleep", seconds=1.5, steps=1)
     with socket.create_connection(("127.0.0.1", svc.ports[0])) as sock:
-        sock.sendall(f"GET /tasks/{snap['id']}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.sendall(f"GET /tasks/{snap['id']}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         sock.settimeout(10)
         data = b""
         while b'"state":"SUCCESS"' not in data:
