@@ -262,6 +262,32 @@ _COMMON = {
 }
 
 
+# How a caller proves who it is when authentication is on (API_TOKENS); with it off, nothing
+# is asked. See docs/security.md.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "A token of API_TOKENS, for scripts and the CLI."},
+    "session": {"type": "apiKey", "in": "cookie", "name": "taskstream_session",
+                "description": "The browser session `POST /session` sets (HttpOnly)."},
+    "streamToken": {"type": "apiKey", "in": "query", "name": "token",
+                    "description": "A five-minute token for one task's stream "
+                    "(`POST /tasks/{id}/stream-token`)."},
+    "metricsToken": {"type": "http", "scheme": "bearer",
+                     "description": "METRICS_TOKEN, for scrapers: `GET /metrics` only."},
+}  # fmt: skip
+_OPEN = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
+
+
+def _security(endpoint: str) -> list[dict[str, list[str]]]:
+    if endpoint in _OPEN:
+        return []
+    if endpoint == "tasks.metrics":
+        return [{"bearer": []}, {"metricsToken": []}, {"session": []}]
+    if endpoint == "tasks.task_events":
+        return [{"bearer": []}, {"session": []}, {"streamToken": []}]
+    return [{"bearer": []}, {"session": []}]
+
+
 class _Provider(OpenAPIProvider):
     def generate_rules(self) -> Any:
         # quart-schema hides its own and the static routes; this document lists every route.
@@ -278,6 +304,7 @@ class _Provider(OpenAPIProvider):
             "Run jobs on Celery workers and follow every change live over Server-Sent Events. "
             "Errors are RFC 9457 problem documents (`application/problem+json`)."
         )
+        document["components"]["securitySchemes"] = SECURITY_SCHEMES
         components = document["components"]["schemas"]
         for name, model in (("TaskSnapshot", m.TaskSnapshot), ("ProblemDetails", m.ProblemDetails)):
             components.setdefault(name, self._component(model, components))
@@ -318,6 +345,7 @@ class _Provider(OpenAPIProvider):
             for method, op in item.items():
                 op = item[method] = dict(op)
                 op.setdefault("operationId", f"{method}_{rule.endpoint.replace('.', '_')}")
+                op["security"] = _security(rule.endpoint)
                 if operation is None:
                     op["responses"] = {"default": {"description": "Not described yet."}}
                     continue

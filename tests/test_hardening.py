@@ -201,3 +201,19 @@ def test_forwarded_headers_from_anyone_else_are_ignored(make_service):
                          "X-Forwarded-Proto": "https"})  # fmt: skip
     assert claimed.status_code == 200
     assert "Secure" not in claimed.headers["set-cookie"]
+
+
+def test_the_openapi_document_says_how_to_authenticate(service: Service):
+    from openapi_spec_validator import validate
+
+    document = httpx.get(f"{service.url}/openapi.json").json()
+    validate(document)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["session"]["in"] == "cookie" and schemes["streamToken"]["in"] == "query"
+    ops = {(path, method): op for path, item in document["paths"].items()
+           for method, op in item.items()}  # fmt: skip
+    assert {"bearer": []} in ops[("/tasks", "post")]["security"]
+    assert {"streamToken": []} in ops[("/tasks/{task_id}/events", "get")]["security"]
+    assert {"streamToken": []} not in ops[("/tasks", "get")]["security"]
+    assert ops[("/healthz", "get")]["security"] == []
