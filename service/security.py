@@ -4,6 +4,8 @@ abuse (submissions per caller, open streams per caller and per process). See doc
 
 from __future__ import annotations
 
+import math
+import secrets
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -165,22 +167,39 @@ def install(
         return response
 
 
+# A sliding window, in one atomic step: drop the submissions older than the window, and admit
+# this one only if fewer than the limit remain. Returns 0 when admitted, else the time at which
+# the oldest one leaves the window. Unlike fixed windows, no 2x burst across a window's edge.
+_SLIDING_WINDOW = """
+local key, now, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]),
+    tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return tostring(tonumber(oldest[2]) + window)
+end
+redis.call('ZADD', key, now, member)
+redis.call('EXPIRE', key, math.ceil(window) + 1)
+return 0
+"""
+
+
 async def check_submission_rate(
     redis: object, keys: Keys, limit: int, window: int, now: float
 ) -> None:
-    """A fixed window per caller, counted in Redis so it holds across web processes. `now` comes
-    from the app's clock (Services.clock), which tests set instead of waiting for a window."""
+    """At most `limit` submissions per caller in any `window` seconds, counted in Redis (one Lua
+    script) so it holds across web processes. `now` comes from the app's clock (Services.clock),
+    which tests set instead of waiting."""
     if limit <= 0:
         return
     caller = current_caller()
     who = caller.name or f"addr:{request.remote_addr}"
-    slot = int(now // window)
-    key = keys.rate(who, slot)
-    count = await redis.incr(key)  # type: ignore[attr-defined]
-    if count == 1:
-        await redis.expire(key, window + 1)  # type: ignore[attr-defined]
-    if count > limit:
-        retry_after = max(1, int((slot + 1) * window - now + 0.999))
+    member = f"{now!r}:{secrets.token_hex(4)}"
+    free_at = await redis.eval(  # type: ignore[attr-defined]
+        _SLIDING_WINDOW, 1, keys.rate(who, window), repr(now), window, limit, member
+    )
+    if float(free_at) > 0:
+        retry_after = max(1, math.ceil(float(free_at) - now))
         raise Problem(429, "Too many submissions",
                       f"At most {limit} submissions per {window} s; try again later.",
                       kind="rate-limited", headers={"Retry-After": str(retry_after)})  # fmt: skip

@@ -58,7 +58,7 @@ class Keys:
         return f"{self.prefix}:revoked-session:{session}"
 
     def rate(self, caller: str, window: int) -> str:
-        """One caller's submissions counted in one rate-limit window."""
+        """One caller's recent submissions (a sorted set by time) for a limit per `window` s."""
         return f"{self.prefix}:rate:{caller}:{window}"
 
     # What workers record about themselves and the tasks they end (taskstream.workers).

@@ -56,3 +56,27 @@ async def test_no_limit_unless_configured(make_app):
     for _ in range(20):
         response = await client.post("/tasks", json={"task": "add", "args": [1, 1]})
         assert response.status_code == 202
+
+
+async def test_no_double_burst_across_a_window_edge(make_app):
+    app = await make_app(
+        api_tokens=",".join(f"{name}:{token}" for name, token in TOKENS.items()),
+        secret_key="s" * 32,
+        rate_limit_per_minute=5,
+        rate_limit_window_seconds=60,
+    )
+    clock = Clock(6_000_059.0)  # a second before a fixed window would have reset
+    async with app.app_context():
+        services().clock = clock
+    client = app.test_client()
+
+    async def submit() -> int:
+        bearer = {"Authorization": f"Bearer {TOKENS['flood']}"}
+        response = await client.post("/tasks", json={"task": "add", "args": [1, 1]}, headers=bearer)
+        return response.status_code
+
+    assert [await submit() for _ in range(5)] == [202] * 5
+    clock.now += 2  # past the fixed window's edge: still within the last 60 s
+    assert [await submit() for _ in range(5)] == [429] * 5
+    clock.now += 58  # the first five leave the window
+    assert await submit() == 202
