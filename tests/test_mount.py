@@ -91,7 +91,9 @@ async def test_problems_docs_and_pages_are_under_the_prefix(mounted):
 
     docs = await mounted.get("/jobs/docs")
     assert docs.status_code == 200
-    assert 'fetch("openapi.json")' in await docs.get_data(as_text=True)
+    assert '<script src="static/docs.js">' in await docs.get_data(as_text=True)
+    script = await mounted.get("/jobs/static/docs.js")
+    assert 'fetch("openapi.json")' in await script.get_data(as_text=True)
     assert (await mounted.get("/jobs/")).status_code == 200
     assert (await mounted.get("/jobs/static/dashboard.css")).status_code == 200
 
