@@ -24,7 +24,7 @@ from typing import Any, Final
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskstream.keys import Keys
-from taskstream.record import Header, split_announcement
+from taskstream.record import split_announcement
 from taskstream.states import TERMINAL
 from taskstream.web import sse
 from taskstream.web.snapshots import linked
@@ -48,18 +48,8 @@ class Announcement:
 
     @classmethod
     def parse(cls, message: str) -> Announcement:
-        """An announcement as the record script publishes it: its header line, then the snapshot
-        (the same format as taskstream.record.split_announcement, read without a JSON parser
-        where no string holds an escape: this runs once per change, for every stream)."""
-        header, data = message.split("\n", 1)
-        g, seq, task_id, state, owner = header.split(" ", 4)
-        if "\\" in header:
-            h, data = split_announcement(message)
-            return cls.from_header(h, data)
-        return cls(int(g), int(seq), task_id[1:-1], state[1:-1], owner[1:-1], data)
-
-    @classmethod
-    def from_header(cls, h: Header, data: str) -> Announcement:
+        """An announcement as the record script publishes it (taskstream.record's format)."""
+        h, data = split_announcement(message)
         return cls(h.global_seq, h.seq, h.task_id, h.state, h.owner, data)
 
     @property

@@ -222,10 +222,19 @@ class Header:
 
 
 def split_announcement(message: str) -> tuple[Header, str]:
-    """An announcement as published by the record script: its header, and the snapshot JSON."""
+    """An announcement as published by the record script: its header, and the snapshot JSON.
+
+    The header's strings are JSON; where none holds an escape they are read by stripping their
+    quotes, without a JSON parser: every web process does this once per change it hears.
+    """
     header, data = message.split("\n", 1)
     g, seq, task_id, state, owner = header.split(" ", 4)
-    return Header(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner)), data
+    if "\\" in header:
+        return (
+            Header(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner)),
+            data,
+        )
+    return Header(int(g), int(seq), task_id[1:-1], state[1:-1], owner[1:-1]), data
 
 
 def new_task_fields(
