@@ -289,18 +289,10 @@ def _advance(
         return None
 
 
-class Follow(Iterator[Snapshot]):
-    """Snapshots of one task, each change once and in order, ending after the terminal one.
+class _Following:
+    """Where a follower stands, read off its plan (the same for the sync and async drivers)."""
 
-    Resumes by itself with Last-Event-ID when a stream breaks, falls back to polling when
-    streaming keeps failing, raises ProblemError (a 4xx, e.g. an unknown id) or Unreachable (no
-    service for longer than `patience`). `last_seq`, `final` and `stats` say where it stands;
-    `close()` (or leaving a `with` block) ends it early.
-    """
-
-    def __init__(self, plan: Plan, io: SyncIO):
-        self.plan = plan
-        self._snapshots = self._run(io)
+    plan: Plan
 
     @property
     def last_seq(self) -> int:
@@ -313,6 +305,20 @@ class Follow(Iterator[Snapshot]):
     @property
     def stats(self) -> FollowStats:
         return self.plan.stats
+
+
+class Follow(_Following, Iterator[Snapshot]):
+    """Snapshots of one task, each change once and in order, ending after the terminal one.
+
+    Resumes by itself with Last-Event-ID when a stream breaks, falls back to polling when
+    streaming keeps failing, raises ProblemError (a 4xx, e.g. an unknown id) or Unreachable (no
+    service for longer than `patience`). `last_seq`, `final` and `stats` say where it stands;
+    `close()` (or leaving a `with` block) ends it early.
+    """
+
+    def __init__(self, plan: Plan, io: SyncIO):
+        self.plan = plan
+        self._snapshots = self._run(io)
 
     def _run(self, io: SyncIO) -> Iterator[Snapshot]:
         steps = self.plan.steps()
@@ -357,24 +363,12 @@ class Follow(Iterator[Snapshot]):
         self.close()
 
 
-class AsyncFollow(AsyncIterator[Snapshot]):
+class AsyncFollow(_Following, AsyncIterator[Snapshot]):
     """`Follow` for asyncio: `async for snap in client.follow(task_id)`."""
 
     def __init__(self, plan: Plan, io: AsyncIO):
         self.plan = plan
         self._snapshots = self._run(io)
-
-    @property
-    def last_seq(self) -> int:
-        return self.plan.last_seq
-
-    @property
-    def final(self) -> Snapshot | None:
-        return self.plan.final
-
-    @property
-    def stats(self) -> FollowStats:
-        return self.plan.stats
 
     async def _run(self, io: AsyncIO) -> AsyncIterator[Snapshot]:
         steps = self.plan.steps()
