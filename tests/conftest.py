@@ -19,12 +19,14 @@ from quart import Quart
 from taskstream.settings import Settings
 from taskstream.web.app import create_app
 from tests.harness import (
+    CHROMIUM_ARGS,
     PrivateRabbit,
     RedisServer,
     Service,
     new_prefix,
     rabbitmq_answers,
     redis_answers,
+    require_chromium,
 )
 
 
@@ -102,3 +104,17 @@ async def make_app(redis_url: str) -> AsyncIterator[Callable[..., Awaitable[Quar
             return made
 
         yield make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, one per test module (the dashboard tests' pages)."""
+    from playwright import sync_api
+
+    chromium = require_chromium()
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -20,24 +20,11 @@ import httpx
 import pytest
 
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
-from playwright import sync_api
-
-from tests.harness import CHROMIUM_ARGS, ROOT, Service, require_chromium, submit
+from tests.harness import ROOT, Service, submit
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    chromium = require_chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

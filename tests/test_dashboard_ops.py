@@ -11,16 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from celery import chord
-from playwright import sync_api
 
 from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
 from tests.harness import (
-    CHROMIUM_ARGS,
     Proc,
     Service,
     poll_until_done,
-    require_chromium,
     submit,
     wait_for_worker,
     worker_command,
@@ -29,17 +26,6 @@ from tests.harness import (
 DESKTOP = {"width": 1280, "height": 900}
 # The panels read the API every half second here (the page's default is two).
 FAST = "?ops_ms=500"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    chromium = require_chromium()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
