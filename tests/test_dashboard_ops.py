@@ -4,6 +4,7 @@ live timeline, re-run, and a chord's parent/child links."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from celery import chord
+from playwright.sync_api import expect
 
 from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
@@ -22,6 +24,10 @@ from tests.harness import (
     wait_for_worker,
     worker_command,
 )
+
+# Locator expectations wait as long as the pages' own timeout: they poll without evaluating a
+# string in the page, which the dashboard's CSP (no 'unsafe-eval') refuses.
+expect.set_options(timeout=20_000)
 
 DESKTOP = {"width": 1280, "height": 900}
 # The panels read the API every half second here (the page's default is two).
@@ -56,7 +62,7 @@ def test_workers_panel_shows_a_killed_worker_offline_within_10_s(make_service, o
     doomed = svc.start_worker(concurrency=3, name="doomed")
     svc.start_web()
     page = open_page(svc.url + "/" + FAST)
-    page.wait_for_function("document.querySelectorAll('tr.worker[data-online=true]').length === 2")
+    expect(page.locator("tr.worker[data-online=true]")).to_have_count(2)
     doomed_row = page.locator('tr.worker[data-hostname^="doomed-"]')
     assert doomed_row.locator("td").nth(1).inner_text() == "3"  # pool size
     assert page.locator("#workers-summary").inner_text() == "2 of 2 online"
@@ -81,12 +87,8 @@ def test_counts_queues_and_charts_follow_a_workload(make_service, open_page) -> 
     for task_id in ids:
         poll_until_done(svc.url, task_id)
 
-    page.wait_for_function(
-        """() => {
-          const v = (s) => document.querySelector(`li.count[data-state=${s}] .count-value`);
-          return v('SUCCESS').textContent === '4' && v('FAILURE').textContent === '1';
-        }"""
-    )
+    expect(page.locator("li.count[data-state=SUCCESS] .count-value")).to_have_text("4")
+    expect(page.locator("li.count[data-state=FAILURE] .count-value")).to_have_text("1")
     page.wait_for_selector("#throughput-chart[data-total='5']")
     assert page.locator("#throughput-chart rect[data-outcome=FAILURE]").count() == 1
     assert page.locator("#runtime-chart g[data-task=add]").count() == 1
@@ -110,7 +112,7 @@ def test_filters_live_in_the_url_and_survive_a_reload(make_service, open_page) -
     for task_id in adds + fails:
         poll_until_done(svc.url, task_id)
     page = open_page(svc.url + "/")
-    page.wait_for_function("document.querySelectorAll('li.task').length === 5")
+    expect(page.locator("li.task")).to_have_count(5)
 
     page.check("input[name=state][value=FAILURE]")
     page.select_option("#filter-name", "fail")
@@ -120,7 +122,7 @@ def test_filters_live_in_the_url_and_survive_a_reload(make_service, open_page) -
     assert query["state"] == ["FAILURE"] and query["name"] == ["fail"]
 
     def shown() -> list[str]:
-        page.wait_for_function("document.querySelectorAll('li.task').length === 2")
+        expect(page.locator("li.task")).to_have_count(2)
         return sorted(
             page.eval_on_selector_all("li.task", "rows => rows.map(r => r.dataset.taskId)")
         )
@@ -159,10 +161,7 @@ def test_detail_timeline_grows_live_then_rerun_links_back(service: Service, open
     assert states.count("PROGRESS") == 4
     messages = page.locator("#timeline .timeline-message").all_inner_texts()
     assert any("step 4 of 4" in m for m in messages)
-    page.wait_for_function(
-        "document.querySelector('.detail-worker') && "
-        "document.querySelector('.detail-worker').textContent.startsWith('worker0-')"
-    )
+    expect(page.locator(".detail-worker")).to_have_text(re.compile(r"^worker0-"))
     assert "kwargs" in page.locator(".arguments").inner_text()
     assert '"seconds":2' in page.locator(".arguments").inner_text()
 
