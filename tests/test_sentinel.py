@@ -68,7 +68,10 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
             try:
                 if setup.current_master_port() == master.port:
                     ready = redis.Redis(port=master.port).info("replication")
-                    if ready["connected_slaves"] == 2:
+                    # Connected is not enough: a replica still loading the first sync does not
+                    # acknowledge WAIT, and RECORD_MIN_REPLICAS=1 would refuse the first change.
+                    online = [ready.get(f"slave{i}", {}).get("state") == "online" for i in range(2)]
+                    if ready["connected_slaves"] == 2 and all(online):
                         break
             except redis.RedisError:
                 pass
