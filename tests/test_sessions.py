@@ -3,9 +3,11 @@ cannot be renewed past their end without the token (issue 10, items 2 and 5)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
-from tests.harness import Service, accept_directly, direct_recorder
+from tests.harness import Service, accept_directly, direct_recorder, new_prefix
 
 KEY = "first-secret-key-" + "k" * 32
 NEW_KEY = "second-secret-key-" + "n" * 32
@@ -163,3 +165,34 @@ async def test_hostile_stream_tokens_are_401_not_500(make_app):
         assert answer.status_code == 401, (hostile, answer.status_code)
     answer = await client.get("/tasks", headers={"Cookie": "taskstream_session=a.%C3%A9"})
     assert answer.status_code == 401
+
+
+async def test_a_stream_token_ends_after_stream_token_seconds(make_app, redis_url):
+    from taskstream.web.services import services
+
+    ops = token("ops")
+    prefix = new_prefix()
+    app = await make_app(api_tokens=f"ops:{ops}:admin", secret_key=KEY, key_prefix=prefix,
+                         stream_token_seconds=300)  # fmt: skip
+    now = [5_000_000.0]
+    async with app.app_context():
+        services().clock = lambda: now[0]
+    client = app.test_client()
+    bearer = {"Authorization": f"Bearer {ops}"}
+    recorder = direct_recorder(Service(redis_url, Path("."), prefix=prefix))
+    try:
+        task_id = accept_directly(recorder)
+    finally:
+        recorder.client.close()
+    granted = await client.post(f"/tasks/{task_id}/stream-token", headers=bearer)
+    assert granted.status_code == 200
+    events = (await granted.get_json())["events"]
+    # Ended (REVOKED, seq 2) and already seen: the stream answers 204 at once when the token holds.
+    assert (await client.delete(f"/tasks/{task_id}", headers=bearer)).status_code == 202
+    seen = {"Last-Event-ID": "2"}
+    now[0] += 299
+    assert (await client.get(events, headers=seen)).status_code == 204
+    now[0] += 1
+    expired = await client.get(events, headers=seen)
+    assert expired.status_code == 401
+    assert (await expired.get_json())["type"] == "/problems/unauthorized"
