@@ -43,9 +43,10 @@ system-deps:
 	fi
 
 ## test: set up, lint, then run every test against real Redis, Celery, Hypercorn and Chromium
-# Two pytest processes (pytest-xdist), each test file kept in one (its module fixtures start once);
-# every deployment has a key prefix of its own. PYTEST_WORKERS=0 runs them in this process.
-PYTEST_WORKERS ?= 2
+# Four pytest processes (pytest-xdist), each test file kept in one (its module fixtures start
+# once); every deployment has a key prefix of its own. Four on two cores: the tests mostly wait
+# on the real processes they drive. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 4
 test: lint system-deps
 	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
