@@ -120,6 +120,15 @@ def assert_rows_unique(page: Any) -> None:
     assert len(ids) == len(set(ids)), ids
 
 
+def poll_page(page: Any, condition: Callable[[], bool], timeout: float = 20) -> None:
+    """Wait until `condition` (read through locators) holds. Not wait_for_function: a string
+    predicate is compiled in the page, which its CSP (no unsafe-eval) refuses."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        page.wait_for_timeout(100)
+
+
 def server_task_ids(base: str) -> set[str]:
     listing = httpx.get(f"{base}/tasks", params={"limit": 200}, timeout=5).json()
     return {item["id"] for item in listing["items"]}
@@ -348,10 +357,7 @@ def test_long_outage_polls_then_returns_to_live(make_service, open_page) -> None
     advance_until(page, "#mode[data-mode=polling]", step_ms=500)
     # Polling keeps the row moving, then the stream is tried again and taken back.
     seq = int(row(page, task_id).get_attribute("data-seq"))
-    page.wait_for_function(
-        f"""() => Number(document.querySelector('li[data-task-id="{task_id}"]').dataset.seq)
-              > {seq}"""
-    )
+    poll_page(page, lambda: int(row(page, task_id).get_attribute("data-seq")) > seq)
     # The stream is tried again 20 s (on the page's clock) after polling began.
     advance_until(page, "#mode[data-mode=live]")
     row(page, task_id).get_by_role("button", name="Cancel").click()
@@ -451,12 +457,8 @@ def test_screenshots_desktop_and_phone(make_service, open_page, tmp_path: Path) 
     for task_id in [*ids, cancelled]:
         wait_for_state(page, task_id, TERMINAL)
     running = submit_from_form(page, "sleep", seconds=60, steps=20)
-    page.wait_for_function(
-        f"""() => {{
-          const bar = document.querySelector('li[data-task-id="{running}"] progress');
-          return bar && bar.hasAttribute('value') && bar.value >= 15;
-        }}"""
-    )
+    bar = row(page, running).locator("progress")
+    poll_page(page, lambda: float(bar.get_attribute("value") or 0) >= 15)
     # One validation error on show, as a user would meet it.
     fill_form(page, "sleep", seconds=-1, steps=10)
     page.click("#submit-button")
@@ -464,9 +466,8 @@ def test_screenshots_desktop_and_phone(make_service, open_page, tmp_path: Path) 
     page.evaluate("document.activeElement.blur()")
     # The operations panels have read the workers and the finished tasks.
     page.wait_for_selector("tr.worker[data-online=true]")
-    page.wait_for_function(
-        "Number(document.querySelector('#throughput-chart').dataset.total || 0) >= 4"
-    )
+    chart = page.locator("#throughput-chart")
+    poll_page(page, lambda: int(chart.get_attribute("data-total") or 0) >= 4)
     page.wait_for_timeout(400)  # let the progress bars' short transition settle
 
     # A full-page picture does not scroll, so rows the browser skips off screen
