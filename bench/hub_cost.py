@@ -1,17 +1,20 @@
 """The hub's own CPU per change, in process: from the bytes on its pub/sub socket to the encoded
 SSE frame a stream is about to write (the write itself, Hypercorn's and the kernel's, excluded).
 
-A hub (as a web process runs it, on uvloop) follows one task with one stream; a publisher thread
+A hub (as a web process runs it, on uvloop) follows one task with one stream; a publisher process
 announces changes in the record's format on that task's channel, then on other tasks' channels.
-The figure is the CPU time of the hub's thread (time.thread_time) divided by the changes.
+The figure is the CPU time of the hub's thread (time.thread_time) divided by the changes. The
+publisher is a process of its own, as the workers are: a publishing thread in the hub's process
+would take the GIL from it at every change, and the hand-overs were half of the figure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import multiprocessing
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -42,18 +45,23 @@ class HubCost:
     rate: int
 
 
-def _publish(url: str, channel: str, task_id: str, n: int, rate: int | None) -> None:
+def _publish(
+    url: str, channel: str, task_id: str, n: int, rate: int | None, go: Any, done: Any
+) -> None:
     client = redis.Redis.from_url(url)
+    messages = [message(i, i, task_id) for i in range(1, n + 1)]
     try:
+        go.wait()
         started = time.perf_counter()
-        for i in range(1, n + 1):
-            client.publish(channel, message(i, i, task_id))
+        for i, text in enumerate(messages, 1):
+            client.publish(channel, text)
             if rate:
                 delay = started + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
     finally:
         client.close()
+        done.set()
 
 
 async def _measure(url: str, n: int, rate: int) -> HubCost:
@@ -66,18 +74,26 @@ async def _measure(url: str, n: int, rate: int) -> HubCost:
 
     async def run(task_id: str, count: int, pace: int | None, expect: bool) -> float:
         channel = keys.task_channel(task_id)
-        publisher = threading.Thread(target=_publish, args=(url, channel, task_id, count, pace))
-        cpu = time.thread_time()
+        context = multiprocessing.get_context("spawn")
+        go, done = context.Event(), context.Event()
+        publisher = context.Process(
+            target=_publish, args=(url, channel, task_id, count, pace, go, done)
+        )
         publisher.start()
+        await asyncio.sleep(1.0)  # the publisher's start-up is not the hub's
+        cpu = time.thread_time()
+        go.set()
         got = 0
         while expect and got < count:
             item = await sub.next(10)
             assert isinstance(item, Announcement), item
             item.frame()  # what a stream does before its write
             got += 1
-        await asyncio.to_thread(publisher.join)
+        await asyncio.to_thread(done.wait)
         await asyncio.sleep(0.2)  # whatever is still on the way
-        return (time.thread_time() - cpu) / count * 1e6
+        spent = time.thread_time() - cpu
+        await asyncio.to_thread(publisher.join)
+        return spent / count * 1e6
 
     served = await run("served", n, rate, True)
     burst = await run("served", n, None, True)
