@@ -72,7 +72,8 @@ class EndOnDisconnect:
 
         async def guarded_send(message: dict[str, Any]) -> None:
             nonlocal writer
-            writer = asyncio.current_task()
+            if writer is None:  # one task writes a response: look it up once, not per write
+                writer = asyncio.current_task()
             if not gone:
                 await send(message)
             elif message["type"] == "http.response.body":
