@@ -89,11 +89,6 @@ CLOSE: Final = _Close()
 _EXPIRED: Final = object()
 
 
-def _expire(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
-        waiter.set_result(_EXPIRED)
-
-
 class Subscription:
     """One stream's inbox: a bounded buffer of announcements.
 
@@ -102,7 +97,18 @@ class Subscription:
     still sees every change, in order, and memory stays bounded whatever the client's speed.
     """
 
-    __slots__ = ("_closed", "_items", "_limit", "_resync", "_waiter", "channel", "task_id")
+    __slots__ = (
+        "_closed",
+        "_items",
+        "_limit",
+        "_resync",
+        "_timer",
+        "_wait",
+        "_wait_began",
+        "_waiter",
+        "channel",
+        "task_id",
+    )
 
     def __init__(self, task_id: str | None, limit: int):
         self.task_id = task_id
@@ -114,6 +120,11 @@ class Subscription:
         # whose deque of waiters costs ~700 bytes per stream and a loop over it per change.
         self._waiter: asyncio.Future[object] | None = None
         self._closed = False
+        # The quiet-time timer: armed once and re-armed only when it fires, rather than armed
+        # and cancelled at every change of every stream (a tenth of a change's fan-out).
+        self._timer: asyncio.TimerHandle | None = None
+        self._wait = 0.0
+        self._wait_began = 0.0
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -131,6 +142,19 @@ class Subscription:
         self._wake()
         return not overflowed
 
+    def _quiet_check(self) -> None:
+        """The timer fired: end the wait if it has lasted its time, else look again later."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._closed:
+            return  # not waiting now: the next wait arms the timer again
+        due = self._wait_began + self._wait
+        loop = waiter.get_loop()
+        if loop.time() >= due:
+            waiter.set_result(_EXPIRED)
+        else:
+            self._timer = loop.call_at(due, self._quiet_check)
+
     def resync(self) -> None:
         self._items.clear()
         self._resync = True
@@ -138,7 +162,14 @@ class Subscription:
 
     def close(self) -> None:
         self._closed = True
+        self.disarm()
         self._wake()
+
+    def disarm(self) -> None:
+        """Cancel the quiet-time timer (the stream is over)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def next(self, wait: float) -> Announcement | _Resync | _Close | None:
         """The next announcement, RESYNC, CLOSE, or None when `wait` seconds passed with nothing."""
@@ -147,14 +178,14 @@ class Subscription:
         if not self._items and not self._resync:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            # A timer that ends the wait quietly: cheaper than asyncio.timeout, and this runs
-            # once per change for every stream.
-            timer = loop.call_later(wait, _expire, waiter)
+            self._wait = wait
+            self._wait_began = began = loop.time()
+            if self._timer is None:
+                self._timer = loop.call_at(began + wait, self._quiet_check)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                timer.cancel()
             if waiter.result() is _EXPIRED:
                 return None
         if self._closed:
@@ -351,6 +382,7 @@ class Hub:
             return
         channel.subs.discard(sub)
         sub.channel = None
+        sub.disarm()
         self._streams -= 1
         if sub.task_id is None:
             self._global_streams -= 1

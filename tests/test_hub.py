@@ -32,6 +32,22 @@ async def test_a_full_buffer_turns_into_one_resync_and_stays_bounded():
     assert await sub.next(0.05) is None
 
 
+async def test_quiet_time_is_counted_from_the_last_change_not_the_first_wait():
+    # One timer per stream, re-armed when it fires: a wait that began after a change must
+    # still last its whole time before it ends quietly (the stream's keepalive).
+    loop = asyncio.get_running_loop()
+    sub = Subscription("t", limit=3)
+    first = asyncio.create_task(sub.next(0.2))
+    await asyncio.sleep(0.15)
+    sub.push(announcement(1))
+    assert (await first).seq == 1
+    began = loop.time()
+    assert await sub.next(0.2) is None
+    assert loop.time() - began >= 0.19
+    sub.close()
+    assert sub._timer is None
+
+
 async def test_next_wakes_on_push():
     sub = Subscription("t", limit=3)
     waiter = asyncio.create_task(sub.next(5))
