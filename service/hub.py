@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -87,6 +88,9 @@ CLOSE: Final = _Close()
 
 
 _EXPIRED: Final = object()
+
+# Streams woken per turn of the event loop when one change goes to many (see Hub._dispatch).
+_FAN_OUT_SLICE: Final = 8
 
 
 class Subscription:
@@ -203,11 +207,14 @@ class SubscriptionUnavailable(RedisConnectionError):
 class _Channel:
     """One pub/sub channel and the streams of this process that hear it."""
 
-    __slots__ = ("confirmed", "linger", "name", "resubscribed", "subs")
+    __slots__ = ("backlog", "confirmed", "linger", "name", "resubscribed", "subs")
 
     def __init__(self, name: bytes):
         self.name = name
         self.subs: set[Subscription] = set()
+        # Changes still being handed out to this channel's streams, in order, a slice at a time:
+        # each entry is [announcement, the streams it goes to, how many have it].
+        self.backlog: deque[list[Any]] = deque()
         # Done once Redis confirmed the SUBSCRIBE on the current connection.
         self.confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Subscribed again after a lost connection: its streams must re-read the record.
@@ -438,11 +445,39 @@ class Hub:
             return  # left over from a channel being unsubscribed
         item = Announcement.parse(message.decode())
         self.by_state[item.state] += 1
-        for sub in channel.subs:
+        if not channel.backlog and len(channel.subs) <= _FAN_OUT_SLICE:
+            self._push(channel.subs, item)
+            return
+        # Thousands of streams of one task: each woken stream writes before the loop looks at
+        # its sockets again, so waking them all at once would hold every other stream's change
+        # (and every request) behind the whole fan-out. A slice per loop turn instead; a change
+        # arriving meanwhile waits its turn behind the earlier ones, so each stream still gets
+        # this channel's changes in order.
+        channel.backlog.append([item, None, 0])
+        if len(channel.backlog) == 1:
+            self._fan_out(channel)
+
+    def _push(self, subs: Iterable[Subscription], item: Announcement) -> None:
+        for sub in subs:
             if sub.push(item):
                 self.delivered += 1
             else:
                 self.overflows += 1
+
+    def _fan_out(self, channel: _Channel) -> None:
+        """Hand the oldest change of the channel's backlog to the next slice of its streams."""
+        entry = channel.backlog[0]
+        item, subs, done = entry
+        if subs is None:
+            subs = entry[1] = list(channel.subs)  # those subscribed when its turn came
+        end = done + _FAN_OUT_SLICE
+        self._push(subs[done:end], item)
+        if end < len(subs):
+            entry[2] = end
+        else:
+            channel.backlog.popleft()
+        if channel.backlog:
+            asyncio.get_running_loop().call_soon(self._fan_out, channel)
 
     def _confirmed(self, name: bytes) -> None:
         waiting = self._pending.get(name)

@@ -193,3 +193,29 @@ async def test_a_stream_opened_while_redis_is_unreachable_is_refused(redis_url):
     finally:
         await hub.stop()
         await client.aclose()
+
+
+def record_progress(client: redis.Redis, keys: Keys, task_id: str, steps: int) -> None:
+    recorder = Recorder(client, keys, ttl=60, retain=1000, global_retain=1000)
+    recorder.record(
+        Change(task_id, new_task_fields(task_id, "sleep", utcnow()), create=True, score=time.time())
+    )
+    for step in range(1, steps + 1):
+        recorder.record(Change(task_id, {"state": "PROGRESS", "progress": {"current": step}}))
+
+
+async def test_a_change_for_thousands_of_streams_does_not_hold_back_another_tasks(hub, sync_redis):
+    keys = hub._keys
+    crowd = [await hub.subscribe("crowd") for _ in range(2_000)]
+    alone = await hub.subscribe("alone")
+    # Three changes of the crowd's task, then one of another task, all on the socket at once.
+    record_progress(sync_redis, keys, "crowd", 2)
+    record_change(sync_redis, keys, "alone")
+    item = await alone.next(5)
+    assert isinstance(item, Announcement) and item.task_id == "alone"
+    # Its stream was woken while the crowd was still being handed the earlier changes...
+    assert sum(len(sub._items) for sub in crowd) < 3 * len(crowd)
+    # ...and every one of the crowd still gets all three, in order.
+    await until(lambda: all(len(sub._items) == 3 for sub in crowd))
+    for sub in crowd:
+        assert [(await sub.next(1)).seq for _ in range(3)] == [1, 2, 3]
