@@ -423,13 +423,18 @@ class Hub:
         return True
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-            self._runner = None
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        # Cancelled while redis-py makes the connection, the hub may not hear it (redis-py 8.1
+        # swallows a cancel during a connect, see disconnects.py) and would go on to serve: so
+        # cancel again until it has ended. Seen as an app that never shut down when stopped
+        # within moments of starting.
+        while not runner.done():
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=0.1)
+        if not runner.cancelled() and runner.exception() is not None:
+            log.warning("the change subscription ended with %r", runner.exception())
 
     def close_streams(self) -> None:
         """End every open stream and refuse new ones: the process is shutting down."""

@@ -219,3 +219,19 @@ async def test_a_change_for_thousands_of_streams_does_not_hold_back_another_task
     await until(lambda: all(len(sub._items) == 3 for sub in crowd))
     for sub in crowd:
         assert [(await sub.next(1)).seq for _ in range(3)] == [1, 2, 3]
+
+
+async def test_a_hub_stopped_while_it_connects_stops(redis_url: str):
+    # Whenever the stop lands (before, during or after the connection is made), it ends the hub.
+    for step in range(40):
+        client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_keepalive=True)
+        hub = Hub(client, Keys(new_prefix()), buffer=10)
+        try:
+            await hub.start()
+            await asyncio.sleep(step * 0.0005)
+            began = time.monotonic()
+            await asyncio.wait_for(hub.stop(), 5)
+            # At once: a stop the hub did not hear would hang until something cancelled it again.
+            assert time.monotonic() - began < 1, f"stopped {step * 0.5} ms after the start"
+        finally:
+            await client.aclose()
