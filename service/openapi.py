@@ -10,13 +10,14 @@ one description per status) comes from the table below, keyed by endpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from pydantic import BaseModel
 from quart import Quart, Response, current_app, has_request_context, request
 from quart_schema import QuartSchema, document_request
 from quart_schema.openapi import OpenAPIProvider
+from quart_schema.validation import QUART_SCHEMA_RESPONSE_ATTRIBUTE
 from werkzeug.routing.rules import Rule
 
 from taskstream.web import media
@@ -27,11 +28,23 @@ _REF = "#/components/schemas/{model}"
 _TEXT = {"schema": {"type": "string"}}
 
 
+class _Declared:
+    """Marker: the route declares this answer's model itself (quart-schema's validate_response),
+    which both validates what it returns and is what this document shows."""
+
+    def __repr__(self) -> str:
+        return "DECLARED"
+
+
+DECLARED: Final = _Declared()
+
+
 @dataclass(frozen=True)
 class Answer:
-    """One documented response: its model (None for no body) and what it means here."""
+    """One documented response: its model (None for no body; DECLARED for the model the route
+    validates its answer with) and what it means here."""
 
-    model: type[BaseModel] | None
+    model: type[BaseModel] | _Declared | None
     description: str
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -132,23 +145,23 @@ OPERATIONS: dict[str, Operation] = {
     ),
     "tasks.task_types": Operation(
         "List the tasks that may be submitted",
-        {200: Answer(m.TaskTypes, "Each task's name, description and argument schema.")},
+        {200: Answer(DECLARED, "Each task's name, description and argument schema.")},
         tags=("tasks",),
     ),
     "tasks.healthz": Operation(
-        "Liveness", {200: Answer(m.Health, "The process answers.")}, tags=("operations",)
+        "Liveness", {200: Answer(DECLARED, "The process answers.")}, tags=("operations",)
     ),
     "tasks.readyz": Operation(
         "Readiness",
         {
-            200: Answer(m.Readiness, "Redis answers and the event subscriber is live."),
-            503: Answer(m.Readiness, "Not ready; the body says which part is missing."),
+            200: Answer(DECLARED, "Redis answers and the event subscriber is live."),
+            503: Answer(DECLARED, "Not ready; the body says which part is missing."),
         },
         tags=("operations",),
     ),
     "tasks.create_session": Operation(
         "Start a browser session",
-        {200: Answer(m.Session, "A signed, expiring, HttpOnly session cookie is set.")},
+        {200: Answer(DECLARED, "A signed, expiring, HttpOnly session cookie is set.")},
         description="Trades the bearer token of this request for a cookie, so that a browser's "
         "EventSource (which cannot send headers) is authenticated.",
         tags=("security",),
@@ -161,7 +174,7 @@ OPERATIONS: dict[str, Operation] = {
     "tasks.stream_token": Operation(
         "A token for one task's stream",
         {
-            200: Answer(m.StreamToken, "The token and the stream URL that carries it."),
+            200: Answer(DECLARED, "The token and the stream URL that carries it."),
             404: _NOT_FOUND,
         },
         tags=("security",),
@@ -203,19 +216,19 @@ OPERATIONS.update(
     {
         "ops.workers": Operation(
             "List the workers",
-            {200: Answer(om.Workers, "Every worker that reported itself, online or not.")},
+            {200: Answer(DECLARED, "Every worker that reported itself, online or not.")},
             description="Read from what each worker records in Redis (a heartbeat every 2 s); "
             "a worker is offline once its heartbeat is older than WORKER_OFFLINE_SECONDS.",
             tags=("operations",),
         ),
         "ops.queues": Operation(
             "List the queues the workers consume",
-            {200: Answer(om.Queues, "Depth and reserved tasks of each queue.")},
+            {200: Answer(DECLARED, "Depth and reserved tasks of each queue.")},
             tags=("operations",),
         ),
         "ops.stats": Operation(
             "Counts per state and throughput",
-            {200: Answer(om.Stats, "Counts, tasks per minute by outcome, runtime p50/p95.")},
+            {200: Answer(DECLARED, "Counts, tasks per minute by outcome, runtime p50/p95.")},
             tags=("operations",),
         ),
         "ops.task_detail": Operation(
@@ -354,11 +367,33 @@ class _Provider(OpenAPIProvider):
                     op["description"] = operation.description
                 if operation.tags:
                     op["tags"] = list(operation.tags)
+                declared = self._declared(rule.endpoint, operation)
                 op["responses"] = {
-                    str(status): self._response(answer, components)
+                    str(status): self._response(
+                        replace(answer, model=declared[status])
+                        if answer.model is DECLARED
+                        else answer,
+                        components,
+                    )
                     for status, answer in {**_COMMON, **operation.answers}.items()
                 }
         return paths, components
+
+    def _declared(self, endpoint: str, operation: Operation) -> dict[int, type[BaseModel]]:
+        """The response models the route validates with; each must be what the table says is
+        declared there, and the other way round, so the two cannot drift apart."""
+        view = self._app.view_functions.get(endpoint)
+        declared = {
+            status: model
+            for status, (model, _) in getattr(view, QUART_SCHEMA_RESPONSE_ATTRIBUTE, {}).items()
+        }
+        marked = {status for status, a in operation.answers.items() if a.model is DECLARED}
+        if marked != set(declared):
+            raise RuntimeError(
+                f"{endpoint}: validate_response covers {sorted(declared)}, "
+                f"the table marks {sorted(marked)} as declared"
+            )
+        return declared
 
     def _component(self, model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=_REF, mode="serialization")
@@ -381,6 +416,7 @@ class _Provider(OpenAPIProvider):
         model = answer.model
         if model is None:
             return response
+        assert not isinstance(model, _Declared)
         media_type = getattr(model, "media_type", media.JSON)
         if media_type == media.EVENT_STREAM:
             # Validation mode: it writes `data` as a JSON text (contentSchema), as it is sent.
@@ -423,6 +459,8 @@ def install(app: Quart) -> None:
     QuartSchema(
         app,
         info={"title": "taskstream", "version": "0.1.0"},
+        # Declared answers are written with their fields' public names (TaskType's `schema`).
+        pydantic_dump_options={"by_alias": True},
         tags=[
             {"name": "tasks", "description": "Submit, poll, list and cancel tasks."},
             {"name": "streams", "description": "Server-sent events: every change, live."},

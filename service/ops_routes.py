@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from quart import Blueprint, Response, request
+from quart_schema import validate_response
 
 from taskstream.monitor import Worker
 from taskstream.record import Change, utcnow
@@ -21,6 +22,7 @@ from taskstream.states import TaskState
 from taskstream.web import ops_models as om
 from taskstream.web.metrics import Scrape
 from taskstream.web.problems import Problem
+from taskstream.web.responses import NO_STORE, Answered, json_response
 from taskstream.web.security import check_submission_rate, current_caller
 from taskstream.web.services import Services, services
 from taskstream.web.snapshots import linked, links
@@ -32,14 +34,6 @@ bp = Blueprint("ops", __name__)
 _MAX_ID_LENGTH = 64
 # Counts per state cover at most this many of the newest tasks, so a count costs a bounded read.
 COUNT_LIMIT = 10_000
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
-    response = Response(text, status=status, content_type="application/json")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers.update(headers or {})
-    return response
 
 
 def _not_found(task_id: str) -> Problem:
@@ -76,7 +70,8 @@ async def scrape(svc: Services) -> Scrape:
 
 
 @bp.get("/workers")
-async def workers() -> Response:
+@validate_response(om.Workers)
+async def workers() -> Answered:
     svc = services()
     found = await svc.monitor.workers()
     body = om.Workers(
@@ -84,11 +79,12 @@ async def workers() -> Response:
         offline_after=svc.settings.worker_offline_seconds,
         now=time.time(),
     )
-    return _json(body.model_dump_json())
+    return body, 200, NO_STORE
 
 
 @bp.get("/queues")
-async def queues() -> Response:
+@validate_response(om.Queues)
+async def queues() -> Answered:
     svc = services()
     found = [w for w in await svc.monitor.workers() if w.online]
     names = sorted({q for w in found for q in w.queues})
@@ -106,7 +102,7 @@ async def queues() -> Response:
         ],
         broker=depths is not None,
     )
-    return _json(body.model_dump_json())
+    return body, 200, NO_STORE
 
 
 async def _state_counts(svc: Services) -> tuple[dict[str, int], int]:
@@ -129,12 +125,13 @@ async def _state_counts(svc: Services) -> tuple[dict[str, int], int]:
 
 
 @bp.get("/stats")
-async def stats() -> Response:
+@validate_response(om.Stats)
+async def stats() -> Answered:
     svc = services()
     states, counted = await _state_counts(svc)
     throughput = await svc.monitor.throughput(_task_names())
     body = om.Stats(states=states, counted=counted, **throughput)
-    return _json(body.model_dump_json())
+    return body, 200, NO_STORE
 
 
 async def _visible(svc: Services, task_id: str) -> str:
@@ -187,7 +184,7 @@ async def task_detail(task_id: str) -> Response:
         }
     ).model_dump_json(exclude={"snapshot"})
     body = '{"snapshot":' + linked(data, task_id, request.root_path) + "," + rest[1:]
-    return _json(body)
+    return json_response(body)
 
 
 @bp.post("/tasks/<task_id>/rerun")
@@ -232,7 +229,9 @@ async def rerun(task_id: str) -> Response:
     svc.metrics.submitted += 1
     log.info("re-ran task %s as %s", task_id, new_id, extra={"task_id": new_id})
     location = links(new_id, request.root_path)["self"]
-    return _json(linked(created.data or "", new_id, request.root_path), 202, {"Location": location})
+    return json_response(
+        linked(created.data or "", new_id, request.root_path), 202, {"Location": location}
+    )
 
 
 def _truncated(value: Any) -> bool:

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
-from quart import Blueprint, Response, request, send_from_directory
-from quart_schema import validate_headers, validate_querystring
+from quart import Blueprint, Response, after_this_request, request, send_from_directory
+from quart.typing import ResponseTypes
+from quart_schema import validate_headers, validate_querystring, validate_response
 
 from taskstream.record import Change, Status, dumps, utcnow
 from taskstream.recording import NotQueued
@@ -26,14 +27,20 @@ from taskstream.web.hub import Subscription
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskstream.web.models import (
     GlobalStreamQuery,
+    Health,
     ListQuery,
     PollHeaders,
+    Readiness,
+    Session,
     StreamHeaders,
     StreamQuery,
+    StreamToken,
     SubmitBody,
+    TaskTypes,
 )
 from taskstream.web.ops_routes import scrape
 from taskstream.web.problems import Problem, field_errors
+from taskstream.web.responses import NO_STORE, Answered, json_response
 from taskstream.web.security import check_submission_rate, current_caller, revoke_session
 from taskstream.web.services import services
 from taskstream.web.snapshots import linked, links
@@ -53,13 +60,6 @@ _MAX_ID_LENGTH = 64
 # How many tasks one list request may examine while filtering, so a filter that matches little
 # costs a bounded amount; the cursor carries on from where it stopped.
 _LIST_SCAN_LIMIT = 2_000
-
-
-def _json(data: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(data, status=status, content_type="application/json")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers.update(headers or {})
-    return response
 
 
 def _linked(data: str, task_id: str) -> str:
@@ -153,7 +153,9 @@ async def submit() -> Response:
         ) from None
     svc.metrics.submitted += 1
     log.info("accepted task %s (%s)", task_id, task_type.name, extra={"task_id": task_id})
-    return _json(_linked(created.data or "", task_id), 202, {"Location": _self_link(task_id)})
+    return json_response(
+        _linked(created.data or "", task_id), 202, {"Location": _self_link(task_id)}
+    )
 
 
 async def _check_owner(task_id: str) -> None:
@@ -182,7 +184,7 @@ async def status(task_id: str, headers: PollHeaders) -> Response:
     etag = f'"{json.loads(data)["seq"]}"'
     if headers.if_none_match and etag in headers.if_none_match:
         return Response("", status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-    response = _json(_linked(data, task_id), headers={"ETag": etag})
+    response = json_response(_linked(data, task_id), headers={"ETag": etag})
     response.headers["Cache-Control"] = "no-cache"
     return response
 
@@ -216,7 +218,7 @@ async def cancel(task_id: str) -> Response:
     except Exception as exc:
         # REVOKED is recorded, and workers check the record before running a task.
         log.warning("revoke broadcast for %s failed: %s", task_id, type(exc).__name__)
-    return _json(_linked(outcome.data or "", task_id), 202)
+    return json_response(_linked(outcome.data or "", task_id), 202)
 
 
 def _no_content() -> Response:
@@ -325,19 +327,25 @@ def _cookie_path() -> str:
 
 
 @bp.post("/session")
-async def create_session() -> Response:
+@validate_response(Session)
+async def create_session() -> Answered:
     """Trade a bearer token for a signed, expiring, HttpOnly cookie (for browsers). With the
     cookie alone, the same session is signed again (with the current key) to the same end."""
     svc = services()
     caller = current_caller()
-    response = _json(json.dumps({"name": caller.name, "admin": caller.admin}))
     if svc.auth.enabled:
         cookie, deadline = svc.auth.session_cookie(caller)
-        response.set_cookie(
-            SESSION_COOKIE, cookie, max_age=max(0, int(deadline - svc.clock())),
-            httponly=True, samesite="Strict", secure=request.scheme == "https", path=_cookie_path(),
-        )  # fmt: skip
-    return response
+        secure = request.scheme == "https"
+
+        @after_this_request
+        async def set_cookie(response: ResponseTypes) -> ResponseTypes:
+            response.set_cookie(
+                SESSION_COOKIE, cookie, max_age=max(0, int(deadline - svc.clock())),
+                httponly=True, samesite="Strict", secure=secure, path=_cookie_path(),
+            )  # fmt: skip
+            return response
+
+    return Session(name=caller.name, admin=caller.admin), 200, NO_STORE
 
 
 @bp.delete("/session")
@@ -354,20 +362,21 @@ async def end_session() -> Response:
 
 
 @bp.post("/tasks/<task_id>/stream-token")
-async def stream_token(task_id: str) -> Response:
+@validate_response(StreamToken)
+async def stream_token(task_id: str) -> Answered:
     """A short-lived token that opens this one task's stream, for an EventSource URL."""
     svc = services()
     await _snapshot_or_404(task_id)
     events = links(task_id, request.root_path)["events"]
     if not svc.auth.enabled:
-        return _json(json.dumps({"token": None, "events": events, "expires_in": None}))
+        return StreamToken(token=None, events=events, expires_in=None), 200, NO_STORE
     token = svc.auth.stream_token(current_caller(), task_id)
-    body = {
-        "token": token,
-        "events": f"{events}?token={token}",
-        "expires_in": svc.settings.stream_token_seconds,
-    }
-    return _json(json.dumps(body))
+    body = StreamToken(
+        token=token,
+        events=f"{events}?token={token}",
+        expires_in=svc.settings.stream_token_seconds,
+    )
+    return body, 200, NO_STORE
 
 
 def _encode_cursor(score: float, task_id: str) -> str:
@@ -428,7 +437,7 @@ async def list_tasks(query_args: ListQuery) -> Response:
     items, next_at = await list_page(svc.record, select, limit, (max_score, max_id), since)
     next_cursor = None if next_at is None else _encode_cursor(*next_at)
     body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
-    return _json(body)
+    return json_response(body)
 
 
 async def list_page(
@@ -495,17 +504,21 @@ async def _workers_of(task_ids: list[str]) -> list[str | None]:
 
 
 @bp.get("/task-types")
-async def task_types() -> Response:
-    return _json(json.dumps([t.describe() for t in REGISTRY.values()]))
+@validate_response(TaskTypes)
+async def task_types() -> Answered:
+    return TaskTypes.model_validate([t.describe() for t in REGISTRY.values()]), 200, NO_STORE
 
 
 @bp.get("/healthz")
-async def healthz() -> Response:
-    return _json('{"status":"ok"}')
+@validate_response(Health)
+async def healthz() -> Answered:
+    return Health(status="ok"), 200, NO_STORE
 
 
 @bp.get("/readyz")
-async def readyz() -> Response:
+@validate_response(Readiness, 200)
+@validate_response(Readiness, 503)
+async def readyz() -> Answered:
     svc = services()
     try:
         async with asyncio.timeout(1):
@@ -514,12 +527,10 @@ async def readyz() -> Response:
         redis_ok = False
     subscriber = svc.hub.live
     ready = redis_ok and subscriber
-    body = {
-        "status": "ready" if ready else "not ready",
-        "redis": redis_ok,
-        "subscriber": subscriber,
-    }
-    return _json(json.dumps(body), 200 if ready else 503)
+    body = Readiness(
+        status="ready" if ready else "not ready", redis=redis_ok, subscriber=subscriber
+    )
+    return body, 200 if ready else 503, NO_STORE
 
 
 @bp.get("/metrics")

@@ -160,3 +160,22 @@ def test_fuzzing_finds_no_server_error_and_no_answer_outside_the_document(fuzzed
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+async def test_a_route_and_the_document_cannot_disagree_on_a_declared_model(make_app, monkeypatch):
+    # /readyz validates its 200 and 503 answers with Readiness; the document shows that model.
+    # Marking a status as declared that the route does not validate stops the document.
+    from dataclasses import replace
+
+    from taskstream.web import openapi
+
+    app = await make_app()
+    assert (await app.test_client().get("/healthz")).status_code == 200
+    provider = app.extensions["QUART_SCHEMA"].openapi_provider
+    readyz = provider.schema()["paths"]["/readyz"]["get"]["responses"]
+    assert readyz["503"]["content"]["application/json"]["schema"]["$ref"].endswith("/Readiness")
+    health = openapi.OPERATIONS["tasks.healthz"]
+    drifted = {**health.answers, 503: openapi.Answer(openapi.DECLARED, "Not validated.")}
+    monkeypatch.setitem(openapi.OPERATIONS, "tasks.healthz", replace(health, answers=drifted))
+    with pytest.raises(RuntimeError, match=r"tasks\.healthz"):
+        provider.schema()

@@ -1,0 +1,24 @@
+"""How the routes answer with JSON: a declared model (validated by quart-schema's
+validate_response, which the OpenAPI document shows), or text already encoded (stored snapshots,
+spliced once rather than parsed and re-encoded)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import Response
+
+# What a route with a declared response model returns: the model, its status and its headers.
+Answered = tuple[Any, int, dict[str, str]]
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """`body` as JSON (a str is taken as JSON text already), never cached."""
+    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    response = Response(text, status=status, content_type="application/json")
+    response.headers.update(NO_STORE)
+    response.headers.update(headers or {})
+    return response
