@@ -27,9 +27,11 @@ NOTES = """How each figure is taken:
   connections are those in Redis's `CLIENT LIST` whose address is a socket of that process. The
   spread of a change is the time from the first stream's receipt to the last one's, over the
   progress changes after all were open and the final `REVOKED` one (the task is cancelled).
-- Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms while 5,000 other streams are
-  open on another task; each live event's delay is its receipt time minus its `updated_at`, the
-  moment the worker recorded the change (each stream's first event is not counted).
+- Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms, first with nothing else open,
+  then while 5,000 other streams are open on another task that changes every second (each of
+  its changes is written to all 5,000 while the 5 are followed); each live event's delay is its
+  receipt time minus its `updated_at`, the moment the worker recorded the change (each stream's
+  first event is not counted).
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
 - Submissions: keep-alive clients posting `add` tasks for 5 s, with the worker paused (SIGSTOP)
@@ -62,6 +64,8 @@ def main() -> int:
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
     stack.start()
     try:
+        print("latency: 500 changes, 5 streams, nothing else open ...", flush=True)
+        lat_alone = latency.measure(stack)
         print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
         lat = latency.measure_with_open_streams(stack, 5_000)
         print("open streams: 10,000 on one task ...", flush=True)
@@ -79,7 +83,7 @@ def main() -> int:
         stack.stop()
     print("RECORD_MIN_REPLICAS: a master and a replica ...", flush=True)
     rep = replicas.measure()
-    figures = report.Figures(many, lat, opens, subs, hub, crowd, rep)
+    figures = report.Figures(many, lat, lat_alone, opens, subs, hub, crowd, rep)
     text = report.write(figures, NOTES, load)
     print()
     print(text)
