@@ -263,6 +263,10 @@ class NotQueued(Exception):
 
 _submission: ContextVar[_Submission | None] = ContextVar("taskstream_submission", default=None)
 
+# The id of the task whose message this context is publishing and recording itself
+# (taskstream.fast_publish): before_task_publish leaves its record alone.
+recording_here: ContextVar[str | None] = ContextVar("taskstream_recording_here", default=None)
+
 
 def submit(
     task: Any, task_id: str, kwargs: dict[str, Any], owner: str, rerun_of: str | None = None

@@ -44,13 +44,28 @@ def _on_publish(
     found = recording.publishing_app((properties or {}).get("reply_to"))
     if found is None or not headers or not headers.get("id"):
         return
+    if recording.recording_here.get() == headers["id"]:
+        # Sent by taskstream.fast_publish, which creates the record with the push.
+        return
     _, t = found
+    recording.record_publish(t, publish_creation(t, sender, body, routing_key, headers))
+
+
+def publish_creation(
+    t: recording.Tracking,
+    sender: Any,
+    body: Any,
+    routing_key: str | None,
+    headers: dict[str, Any],
+) -> Change:
+    """The change creating the record of a message being published, from what
+    before_task_publish is given: the one way a producer's record is made."""
     owner = headers.get(OWNER_HEADER)
     if owner is None:
         parent = current_task.request if current_task else None
         owner = getattr(parent, OWNER_HEADER, None) or ""
     args, kwargs = recording.message_payload(body)
-    change = recording.creation(
+    return recording.creation(
         t,
         headers["id"],
         headers.get("task") or str(sender),
@@ -64,7 +79,6 @@ def _on_publish(
         eta=headers.get("eta"),
         rerun_of=headers.get(RERUN_HEADER),
     )
-    recording.record_publish(t, change)
 
 
 @task_received.connect
