@@ -16,6 +16,7 @@ from celery import Celery
 from quart import current_app
 
 from taskstream import connections
+from taskstream.fast_publish import FastPublisher
 from taskstream.keys import Keys
 from taskstream.monitor import Monitor
 from taskstream.record import AsyncRecorder, Outcome
@@ -49,6 +50,7 @@ class Services:
     keys: Keys = field(init=False)
     monitor: Monitor = field(init=False)
     queue_depths: QueueDepths = field(init=False)
+    fast: FastPublisher = field(init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -76,6 +78,8 @@ class Services:
             replica_timeout_ms=s.record_replica_timeout_ms,
         )
         self.monitor = Monitor(self.redis, keys, s.worker_offline_seconds)
+        # On a Redis broker, submissions are published from the event loop (fast_publish).
+        self.fast = FastPublisher(self.celery, s, self.record, self.redis, self._off_loop)
         self.queue_depths = QueueDepths(self.celery, self.executor)
         # The subscriber makes its connection through a client of its own, so a pub/sub socket
         # with no timeout never comes out of the shared pool.
@@ -106,6 +110,7 @@ class Services:
 
     async def stop(self) -> None:
         await self.hub.stop()
+        await self.fast.close()
         await self._sub_client.aclose()
         await self.redis.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -122,7 +127,14 @@ class Services:
         owner: str,
         rerun_of: str | None = None,
     ) -> Outcome:
-        """Publish the task like any producer; its record (PENDING) is made as it is sent."""
+        """Publish the task like any producer; its record (PENDING) is made as it is sent.
+
+        On a Redis broker, straight from the event loop with the record (fast_publish); else,
+        or where that path cannot send the message as Celery would, Celery's own publish."""
+        task = self.celery.tasks[name]
+        outcome = await self.fast.submit(task, task_id, kwargs, owner, rerun_of)
+        if outcome is not None:
+            return outcome
         return await self._off_loop(_submit, self.celery, name, task_id, kwargs, owner, rerun_of)
 
     async def revoke(self, task_id: str) -> None:
