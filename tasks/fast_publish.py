@@ -6,14 +6,14 @@ connection and channel machinery around one LPUSH), on a thread of the web's poo
 is made exactly as `Task.apply_async` would make it (the task's options, the app's router, so task
 routes and queues are honoured) and wrapped by a kombu channel of the app's own transport, whose
 `_put` is only captured: the envelope (body encoding, delivery tag, delivery info, priority queue,
-global key prefix) is kombu's. The push is then one pipeline with the record's creation when the
+global key prefix) is kombu's. The push is then one script call with the record's creation when the
 broker is the record's Redis, else two awaits.
 
 `before_task_publish` and `after_task_publish` are sent with the arguments Celery gives them, so
 a project's own hooks see these submissions; taskstream's own handler leaves the record to this
 module (one record, made once). Anything this path cannot reproduce faithfully (another broker, an
 exchange other than the default one, per-message expiry, sent events, eager mode, a task sent from
-inside a task) goes Celery's normal way: `prepare` answers None and the caller falls back.
+inside a task) goes Celery's normal way: `submit` answers None and the caller falls back.
 """
 
 from __future__ import annotations
@@ -32,28 +32,45 @@ from kombu.common import Broadcast, maybe_declare
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as kombu_dumps
 from redis.asyncio.connection import parse_url
-from redis.exceptions import NoScriptError
+from redis.exceptions import RedisError
 
 from taskstream import connections
-from taskstream.record import AsyncRecorder, Outcome, Status
+from taskstream.record import _LUA_RECORD, AsyncRecorder, Outcome
 from taskstream.recording import OWNER_HEADER, RERUN_HEADER, NotQueued, recording_here, tracking
 from taskstream.settings import Settings, redis_tls_options
 from taskstream.signals import publish_creation
 
 log = logging.getLogger(__name__)
 
-# Pushes the envelope only if the task's record exists (KEYS[1], a hash with its `seq`): in one
-# pipeline with the record's creation, a creation that failed sends nothing. KEYS[2] is the
-# queue's list; with a queue expiry (ARGV[2]) every priority list of the queue (KEYS[3...]) gets
-# it, as kombu's `_put` does.
-_LUA_PUSH = """
-if redis.call('HEXISTS', KEYS[1], 'seq') == 0 then return -1 end
-redis.call('LPUSH', KEYS[2], ARGV[1])
-if ARGV[2] ~= '' then
-  for i = 3, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
-end
-return 1
+# The record's own script (the one way a record is made), then the push, in one call: the push
+# only when the record was created now (not when it existed: a call redis-py repeats after a lost
+# answer pushes nothing twice). The last ARGV is how many KEYS the record takes; the KEYS after
+# those are the queue's list, then, with a queue expiry, every priority list of the queue; the
+# two ARGV before it are the message and the expiry ('' for none). A push Redis refuses is
+# answered as a fourth element, the record kept.
+_LUA_RECORD_AND_PUSH = (
+    """
+local n_keys = tonumber(table.remove(ARGV))
+local expires = table.remove(ARGV)
+local payload = table.remove(ARGV)
+local push_keys = {}
+for i = n_keys + 1, #KEYS do push_keys[#push_keys + 1] = KEYS[i] end
+for i = #KEYS, n_keys + 1, -1 do KEYS[i] = nil end
+local function record()
 """
+    + _LUA_RECORD
+    + """
+end
+local r = record()
+if r[1] ~= 1 then return r end
+local pushed = redis.pcall('LPUSH', push_keys[1], payload)
+if type(pushed) == 'table' and pushed.err then return {r[1], r[2], r[3], pushed.err} end
+if expires ~= '' then
+  for i = 2, #push_keys do redis.call('PEXPIRE', push_keys[i], expires) end
+end
+return r
+"""
+)
 
 
 @dataclass
@@ -129,7 +146,7 @@ class FastPublisher:
         self._same = False
         self._declared: set[Any] = set()
         self._captured: list[tuple[str, dict[str, Any]]] = []
-        self._push = client.register_script(_LUA_PUSH)
+        self._record_and_push_script = client.register_script(_LUA_RECORD_AND_PUSH)
         self._opening = asyncio.Lock()
 
     # Setting up ---------------------------------------------------------------------------------
@@ -390,39 +407,18 @@ class FastPublisher:
         )  # fmt: skip
         return outcome
 
-    def _push_args(self, envelope: _Envelope) -> list[Any]:
-        return [envelope.payload, "" if envelope.expires_ms is None else envelope.expires_ms]
-
     async def _record_and_push(self, change: Any, envelope: _Envelope) -> Outcome:
-        """The record's creation and the push in one round trip; the push only if the record was
-        created. Raises the store's error, or NotQueued with the record made."""
-        rec_keys, rec_args = self.record._record_call(change)
-        task_key = self.record.keys.task(change.task_id)
-        push_keys = [task_key, envelope.key, *envelope.expire_keys]
-        push_args = self._push_args(envelope)
-        created: Outcome | None = None
-        for attempt in (1, 2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self.record._record.sha, len(rec_keys), *rec_keys, *rec_args)
-                pipe.evalsha(self._push.sha, len(push_keys), *push_keys, *push_args)
-                raw, pushed = await pipe.execute(raise_on_error=False)
-            missing = isinstance(raw, NoScriptError) or isinstance(pushed, NoScriptError)
-            if missing and attempt == 1:
-                # Redis lost its scripts (restart, SCRIPT FLUSH): nothing was pushed without the
-                # record; load them and go again (the record, if made, answers EXISTS).
-                if not isinstance(raw, Exception):
-                    created = self.record._outcome(raw)
-                await self.client.script_load(self.record._record.script)
-                await self.client.script_load(self._push.script)
-                continue
-            break
-        if isinstance(raw, Exception):
-            raise raw
+        """The record's creation and the push in one script call. Raises the store's error
+        (nothing sent), or NotQueued with the record made."""
+        keys, args = self.record._record_call(change)
+        expires = "" if envelope.expires_ms is None else envelope.expires_ms
+        raw = await self._record_and_push_script(
+            keys=[*keys, envelope.key, *envelope.expire_keys],
+            args=[*args, envelope.payload, expires, len(keys)],
+        )
         outcome = self.record._outcome(raw)
-        if created is not None and created.status is Status.RECORDED:
-            outcome = created
-        if isinstance(pushed, Exception) or pushed != 1:
-            raise NotQueued(outcome) from (pushed if isinstance(pushed, Exception) else None)
+        if len(raw) > 3:
+            raise NotQueued(outcome) from RedisError(str(raw[3]))
         return outcome
 
     async def _push_only(self, envelope: _Envelope) -> None:

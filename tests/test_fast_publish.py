@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -225,6 +226,23 @@ async def test_a_record_that_cannot_be_made_sends_nothing(make_app, raw, monkeyp
     assert response.status_code == 503
     assert (await response.get_json())["type"].endswith("store-unavailable")
     assert raw.llen(queue_key(prefix)) == 0
+
+
+async def test_a_broker_in_another_database_is_pushed_to_apart(make_app, redis_url):
+    broker_url = urlsplit(redis_url)._replace(path="/3").geturl()  # the same server, db 3
+    app = await make_app(celery_broker_url=broker_url)
+    svc = services_of(app)
+    prefix = svc.settings.key_prefix
+    response = await post(app, x=1, y=1)
+    assert response.status_code == 202
+    assert svc.fast.enabled is True and svc.fast._broker is not None
+    broker = redis.Redis.from_url(broker_url)
+    try:
+        queued = broker.lrange(queue_key(prefix), 0, -1)
+    finally:
+        broker.close()
+    assert len(queued) == 1
+    assert json.loads(queued[0])["headers"]["id"] == (await response.get_json())["id"]
 
 
 async def test_scripts_lost_by_redis_are_loaded_again(make_app, raw):
