@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,9 @@ from taskstream.settings import Settings, redis_tls_options
 from taskstream.signals import publish_creation
 
 log = logging.getLogger(__name__)
+
+# After the broker could not be opened, submissions take Celery's path for this long.
+_REOPEN_SECONDS = 5.0
 
 # The record's own script (the one way a record is made), then the push, in one call: the push
 # only when the record was created now (not when it existed: a call redis-py repeats after a lost
@@ -148,6 +152,7 @@ class FastPublisher:
         self._captured: list[tuple[str, dict[str, Any]]] = []
         self._record_and_push_script = client.register_script(_LUA_RECORD_AND_PUSH)
         self._opening = asyncio.Lock()
+        self._retry_open_at = 0.0
 
     # Setting up ---------------------------------------------------------------------------------
 
@@ -166,7 +171,14 @@ class FastPublisher:
             conn.release()
             self._disable(f"the broker's transport is {type(conn.transport).__name__}")
             return
-        channel = conn.default_channel
+        try:
+            # Once, not kombu's retry-forever: a broker that is away leaves this submission (and
+            # those of the next seconds) to Celery's own path, which answers for it.
+            conn.ensure_connection(max_retries=0)
+            channel = conn.default_channel
+        except Exception:
+            conn.release()
+            raise
         # kombu's own envelope, captured where the Redis transport would LPUSH it.
         channel._put = self._capture
         self._connection, self._channel, self._same = conn, channel, same
@@ -354,12 +366,15 @@ class FastPublisher:
     ) -> Outcome | None:
         """Send one task as recording.submit does; None when it must go Celery's normal way."""
         if self.enabled is None:
+            if time.monotonic() < self._retry_open_at:
+                return None
             async with self._opening:
                 if self.enabled is None:
                     try:
                         await self._off_loop(self._open)
                     except Exception as exc:
                         # Celery's path sends this one (or answers queue-unavailable).
+                        self._retry_open_at = time.monotonic() + _REOPEN_SECONDS
                         log.warning("no direct submissions yet, the broker: %s", type(exc).__name__)
                         return None
         if not self.enabled:
