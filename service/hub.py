@@ -90,7 +90,7 @@ CLOSE: Final = _Close()
 _EXPIRED: Final = object()
 
 # Streams woken per turn of the event loop when one change goes to many (see Hub._dispatch).
-_FAN_OUT_SLICE: Final = 8
+_FAN_OUT_SLICE: Final = 4
 
 
 class Subscription:
