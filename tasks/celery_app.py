@@ -32,6 +32,7 @@ def init_celery(app: Celery, settings: Settings | None = None) -> Celery:
     tasks unless DEMO_TASKS=false), and leaves the app's broker, queues and routing as they are.
     """
     settings = settings or Settings.from_env()
+    connections.guard_closed_broker_connections()
     conf = app.conf
     existing = tuple(conf.get("imports") or ())
     known = {*existing, *(conf.get("include") or ())}

@@ -76,19 +76,23 @@ def async_client(settings: Settings, *, max_connections: int | None = None, **op
     )
 
 
-class _SentinelChannel(kombu_redis.SentinelChannel):
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
-        # kombu 5.7 closes a channel after losing the master by restoring its unacknowledged
-        # messages through a new pool, made from a connection that is already gone: the
-        # AttributeError it raises is "unrecoverable" and ends the worker. As a connection error,
-        # it is ignored there, and the worker reconnects to the new master as it should.
-        if self.connection.client is None:
-            raise redis.ConnectionError("the broker connection is closed")
-        return super()._connparams(asynchronous)
+_kombu_connparams = kombu_redis.Channel._connparams
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
-    Channel = _SentinelChannel
+def _connparams_unless_closed(self: Any, asynchronous: bool = False) -> dict[str, Any]:
+    if self.connection.client is None:
+        raise redis.ConnectionError("the broker connection is closed")
+    return _kombu_connparams(self, asynchronous)
+
+
+def guard_closed_broker_connections() -> None:
+    """kombu 5.7 closes a channel that lost Redis by putting its unacknowledged messages back
+    through a new pool, made from a connection that is already gone: the AttributeError that
+    raises is "unrecoverable" to Celery and ends the worker (the soak lost both its workers to a
+    Redis restart; Sentinel failovers did the same). Raised as a connection error instead, it is
+    ignored there, and the worker reconnects as it should. Applies to kombu's Redis channels
+    (Sentinel's too) in this process; calling it again does nothing."""
+    kombu_redis.Channel._connparams = _connparams_unless_closed  # type: ignore[method-assign]
 
 
 def broker(settings: Settings) -> tuple[str, str | None, dict[str, Any]]:
@@ -105,7 +109,7 @@ def broker(settings: Settings) -> tuple[str, str | None, dict[str, Any]]:
     url = ";".join(f"sentinel://{auth}{host}:{port}{db}" for host, port in settings.redis_sentinels)
     return (
         url,
-        f"{__name__}:SentinelTransport",
+        "sentinel",
         {
             "master_name": settings.redis_sentinel_master,
             "sentinel_kwargs": {"socket_timeout": _SENTINEL_TIMEOUT},

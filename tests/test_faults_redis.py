@@ -76,3 +76,29 @@ def test_redis_restart_mid_task(durable_redis, tmp_path):
         assert poll_until_done(svc.url, after["id"], timeout=30)["result"] == 2
     finally:
         svc.stop()
+
+
+def test_workers_with_tasks_in_hand_survive_a_redis_restart(durable_redis, tmp_path):
+    # kombu 5.7 closes a channel that lost Redis by putting its unacknowledged messages back
+    # through a connection that is already gone; unguarded, that AttributeError ended the worker
+    # (seen in the soak: both workers gone after a Redis restart, with tasks in hand).
+    svc = Service(durable_redis.url, tmp_path)
+    try:
+        for _ in range(2):
+            svc.start_worker(concurrency=2)
+        svc.start_web()
+        tasks = [submit(svc.url, "sleep", seconds=3, steps=6) for _ in range(4)]
+        for task in tasks:
+            deadline = time.monotonic() + 20
+            while httpx.get(f"{svc.url}/tasks/{task['id']}").json()["state"] == "PENDING":
+                assert time.monotonic() < deadline, "the workers did not take the tasks"
+                time.sleep(0.05)
+        durable_redis.restart(down_seconds=1.5)
+        wait_ready(svc.url, 200, timeout=20)
+        for task in tasks:
+            assert poll_until_done(svc.url, task["id"], timeout=60)["state"] == "SUCCESS"
+        assert all(p.popen.poll() is None for p in svc.workers), "a worker ended"
+        after = submit(svc.url, "add", x=2, y=3)
+        assert poll_until_done(svc.url, after["id"], timeout=30)["result"] == 5
+    finally:
+        svc.stop()
