@@ -20,6 +20,7 @@ from taskstream.settings import Settings
 from taskstream.web.app import create_app
 from tests.harness import (
     CHROMIUM_ARGS,
+    DESKTOP,
     PrivateRabbit,
     RedisServer,
     Service,
@@ -118,3 +119,41 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+# The dashboard's form is ready once the task types have arrived.
+FORM_READY = "#submit-button:not([disabled])"
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
+    """Open a dashboard URL; fails the test if the page throws a script error. `ready`: what shows
+    once the page has loaded what the test needs; `clock`: the page's timers run on Playwright's
+    clock (tests move it with `page.clock`)."""
+    contexts: list[Any] = []
+    errors: list[str] = []
+
+    def open_(
+        url: str,
+        viewport: dict[str, int] = DESKTOP,
+        init_script: str | None = None,
+        clock: bool = False,
+        ready: str = FORM_READY,
+    ) -> Any:
+        context = browser.new_context(viewport=viewport)
+        contexts.append(context)
+        if clock:
+            context.clock.install()
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.wait_for_selector(ready)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, errors

@@ -422,6 +422,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# The viewport the browser tests open pages in unless they say otherwise.
+DESKTOP = {"width": 1280, "height": 900}
 
 
 def under_ci() -> bool:

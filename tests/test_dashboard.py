@@ -12,52 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
-from tests.harness import ROOT, Service, submit
+from tests.harness import DESKTOP, ROOT, Service, submit
 
-DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
-
-
-@pytest.fixture
-def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
-    """Open the dashboard; fails the test if the page throws a script error."""
-    contexts: list[Any] = []
-    errors: list[str] = []
-
-    def open_(
-        url: str,
-        viewport: dict[str, int] = DESKTOP,
-        init_script: str | None = None,
-        clock: bool = False,
-    ) -> Any:
-        """`clock`: the page's timers run on Playwright's clock, which `advance_until` moves."""
-        context = browser.new_context(viewport=viewport)
-        contexts.append(context)
-        if clock:
-            context.clock.install()
-        if init_script:
-            context.add_init_script(init_script)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        # The form is ready once the task types have arrived.
-        page.wait_for_selector("#submit-button:not([disabled])")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert not errors, errors
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,31 +30,14 @@ from tests.harness import (
 # string in the page, which the dashboard's CSP (no 'unsafe-eval') refuses.
 expect.set_options(timeout=20_000)
 
-DESKTOP = {"width": 1280, "height": 900}
 # The panels read the API every half second here (the page's default is two).
 FAST = "?ops_ms=500"
 
 
 @pytest.fixture
-def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
-    """Open a dashboard URL; fails the test if the page throws a script error."""
-    contexts: list[Any] = []
-    errors: list[str] = []
-
-    def open_(url: str) -> Any:
-        context = browser.new_context(viewport=DESKTOP)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
-        page.wait_for_selector("body[data-ops-loaded=true]")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert not errors, errors
+def open_page(open_page: Callable[..., Any]) -> Callable[..., Any]:
+    """conftest's, each page ready once its operations panels have read the API."""
+    return partial(open_page, ready="body[data-ops-loaded=true]")
 
 
 def test_workers_panel_shows_a_killed_worker_offline_within_10_s(make_service, open_page) -> None:
