@@ -3,6 +3,9 @@ and closes when the test says, not after a wait."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from taskstream.web.services import services
 
 
@@ -20,14 +23,19 @@ TOKENS = {
 }
 
 
-async def test_a_flood_of_submissions_is_limited_and_recovers_in_the_next_window(make_app):
+Submit = Callable[..., Awaitable[tuple[int, str | None]]]
+
+
+async def limited(make_app: Any, now: float) -> tuple[Clock, Submit]:
+    """An app allowing each caller 5 submissions a minute, on a clock at `now`, and a way to
+    submit as a caller: its status and Retry-After."""
     app = await make_app(
         api_tokens=",".join(f"{name}:{token}" for name, token in TOKENS.items()),
         secret_key="s" * 32,
         rate_limit_per_minute=5,
         rate_limit_window_seconds=60,
     )
-    clock = Clock(6_000_000.0)  # the start of a window
+    clock = Clock(now)
     async with app.app_context():
         services().clock = clock
     client = app.test_client()
@@ -40,6 +48,11 @@ async def test_a_flood_of_submissions_is_limited_and_recovers_in_the_next_window
         )
         return response.status_code, response.headers.get("Retry-After")
 
+    return clock, submit
+
+
+async def test_a_flood_of_submissions_is_limited_and_recovers_in_the_next_window(make_app):
+    clock, submit = await limited(make_app, 6_000_000.0)  # the start of a window
     answers = [await submit() for _ in range(5)]
     assert [status for status, _ in answers] == [202] * 5
     clock.now += 45
@@ -59,24 +72,10 @@ async def test_no_limit_unless_configured(make_app):
 
 
 async def test_no_double_burst_across_a_window_edge(make_app):
-    app = await make_app(
-        api_tokens=",".join(f"{name}:{token}" for name, token in TOKENS.items()),
-        secret_key="s" * 32,
-        rate_limit_per_minute=5,
-        rate_limit_window_seconds=60,
-    )
-    clock = Clock(6_000_059.0)  # a second before a fixed window would have reset
-    async with app.app_context():
-        services().clock = clock
-    client = app.test_client()
-
-    async def submit() -> int:
-        bearer = {"Authorization": f"Bearer {TOKENS['flood']}"}
-        response = await client.post("/tasks", json={"task": "add", "args": [1, 1]}, headers=bearer)
-        return response.status_code
-
-    assert [await submit() for _ in range(5)] == [202] * 5
+    # A second before a fixed window would have reset.
+    clock, submit = await limited(make_app, 6_000_059.0)
+    assert [(await submit())[0] for _ in range(5)] == [202] * 5
     clock.now += 2  # past the fixed window's edge: still within the last 60 s
-    assert [await submit() for _ in range(5)] == [429] * 5
+    assert [(await submit())[0] for _ in range(5)] == [429] * 5
     clock.now += 58  # the first five leave the window
-    assert await submit() == 202
+    assert (await submit())[0] == 202
