@@ -15,7 +15,7 @@ import traceback as tb
 import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import redis
 from celery import Celery
@@ -30,8 +30,12 @@ from taskstream.states import TaskState
 
 log = logging.getLogger(__name__)
 
-_RECORD_RETRIES = 18
-_PUBLISH_RETRIES = 3
+# How each role's client retries a record while Redis is away (backoff cap, retries): the
+# worker's for about half a minute; a producer's gives up within a second or so, since a sender
+# must not hang on the record (the worker records a task it receives unrecorded, and POST /tasks
+# answers 503).
+_WORKER: Final = (2.0, 18)
+_PUBLISHER: Final = (0.5, 3)
 
 # The message header that carries the submitting caller (POST /tasks) to the record; a task sent
 # from inside a task inherits its parent's.
@@ -49,36 +53,29 @@ class Tracking:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._recorder: Recorder | None = None
-        self._publisher: Recorder | None = None
+        # This process's clients, one per role (_WORKER, _PUBLISHER), made on first use.
+        self._clients: dict[tuple[float, int], Recorder] = {}
         self._lock = threading.Lock()
 
     @property
     def recorder(self) -> Recorder:
         """The worker's: a change made while Redis is away is retried for about half a minute."""
-        rec = self._recorder
-        if rec is None:
-            with self._lock:
-                rec = self._recorder
-                if rec is None:
-                    rec = self._recorder = self._new_recorder(
-                        Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=_RECORD_RETRIES)
-                    )
-        return rec
+        return self._client(_WORKER)
 
     @property
     def publisher(self) -> Recorder:
-        """The producer's, for records made when a task is sent: it gives up within a second
-        or so, since a sender must not hang on the record (the worker records a task it
-        receives unrecorded, and POST /tasks answers 503)."""
-        rec = self._publisher
+        """The producer's, for records made when a task is sent: it gives up within a second."""
+        return self._client(_PUBLISHER)
+
+    def _client(self, role: tuple[float, int]) -> Recorder:
+        rec = self._clients.get(role)
         if rec is None:
             with self._lock:
-                rec = self._publisher
+                rec = self._clients.get(role)
                 if rec is None:
-                    rec = self._publisher = self._new_recorder(
-                        Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=_PUBLISH_RETRIES)
-                    )
+                    cap, retries = role
+                    retry = Retry(ExponentialBackoff(cap=cap, base=0.05), retries=retries)
+                    rec = self._clients[role] = self._new_recorder(retry)
         return rec
 
     def _new_recorder(self, retry: Retry) -> Recorder:
@@ -104,14 +101,13 @@ class Tracking:
 
     def forget_client(self) -> None:
         """In a forked child: the parent's sockets are not ours to use (or close)."""
-        self._recorder = self._publisher = None
+        self._clients = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        for rec in (self._recorder, self._publisher):
-            if rec is not None:
-                rec.client.close()
-        self._recorder = self._publisher = None
+        clients, self._clients = self._clients, {}
+        for rec in clients.values():
+            rec.client.close()
 
 
 _tracked: weakref.WeakKeyDictionary[Celery, Tracking] = weakref.WeakKeyDictionary()
