@@ -36,7 +36,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from taskstream import connections
-from taskstream.record import _LUA_RECORD, AsyncRecorder, Outcome
+from taskstream.record import AsyncRecorder, Outcome
 from taskstream.recording import OWNER_HEADER, RERUN_HEADER, NotQueued, recording_here, tracking
 from taskstream.settings import Settings, redis_tls_options
 from taskstream.signals import publish_creation
@@ -45,36 +45,6 @@ log = logging.getLogger(__name__)
 
 # After the broker could not be opened, submissions take Celery's path for this long.
 _REOPEN_SECONDS = 5.0
-
-# The record's own script (the one way a record is made), then the push, in one call: the push
-# only when the record was created now (not when it existed: a call redis-py repeats after a lost
-# answer pushes nothing twice). The last ARGV is how many KEYS the record takes; the KEYS after
-# those are the queue's list, then, with a queue expiry, every priority list of the queue; the
-# two ARGV before it are the message and the expiry ('' for none). A push Redis refuses is
-# answered as a fourth element, the record kept.
-_LUA_RECORD_AND_PUSH = (
-    """
-local n_keys = tonumber(table.remove(ARGV))
-local expires = table.remove(ARGV)
-local payload = table.remove(ARGV)
-local push_keys = {}
-for i = n_keys + 1, #KEYS do push_keys[#push_keys + 1] = KEYS[i] end
-for i = #KEYS, n_keys + 1, -1 do KEYS[i] = nil end
-local function record()
-"""
-    + _LUA_RECORD
-    + """
-end
-local r = record()
-if r[1] ~= 1 then return r end
-local pushed = redis.pcall('LPUSH', push_keys[1], payload)
-if type(pushed) == 'table' and pushed.err then return {r[1], r[2], r[3], pushed.err} end
-if expires ~= '' then
-  for i = 2, #push_keys do redis.call('PEXPIRE', push_keys[i], expires) end
-end
-return r
-"""
-)
 
 
 @dataclass
@@ -150,7 +120,6 @@ class FastPublisher:
         self._same = False
         self._declared: set[Any] = set()
         self._captured: list[tuple[str, dict[str, Any]]] = []
-        self._record_and_push_script = client.register_script(_LUA_RECORD_AND_PUSH)
         self._opening = asyncio.Lock()
         self._retry_open_at = 0.0
 
@@ -408,8 +377,12 @@ class FastPublisher:
         change = publish_creation(
             tracking(self.app), sent.name, sent.body, sent.routing_key, sent.headers
         )
-        if self._same and not self.record._min_replicas:
-            outcome = await self._record_and_push(change, envelope)
+        if self._same and not self.record.min_replicas:
+            outcome, refused = await self.record.record_and_push(
+                change, [envelope.key, *envelope.expire_keys], envelope.payload, envelope.expires_ms
+            )
+            if refused is not None:
+                raise NotQueued(outcome) from RedisError(refused)
         else:
             outcome = await self.record.record(change)
             try:
@@ -420,20 +393,6 @@ class FastPublisher:
             sender=sent.name, body=sent.body, headers=sent.headers,
             exchange=sent.exchange, routing_key=sent.routing_key,
         )  # fmt: skip
-        return outcome
-
-    async def _record_and_push(self, change: Any, envelope: _Envelope) -> Outcome:
-        """The record's creation and the push in one script call. Raises the store's error
-        (nothing sent), or NotQueued with the record made."""
-        keys, args = self.record._record_call(change)
-        expires = "" if envelope.expires_ms is None else envelope.expires_ms
-        raw = await self._record_and_push_script(
-            keys=[*keys, envelope.key, *envelope.expire_keys],
-            args=[*args, envelope.payload, expires, len(keys)],
-        )
-        outcome = self.record._outcome(raw)
-        if len(raw) > 3:
-            raise NotQueued(outcome) from RedisError(str(raw[3]))
         return outcome
 
     async def _push_only(self, envelope: _Envelope) -> None:

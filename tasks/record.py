@@ -143,6 +143,36 @@ return {1, data, g}
 """
 )
 
+# The record's script (the one way a record is made), then a push onto a list (a Redis broker's
+# queue: tasks/fast_publish.py), in one atomic call. The push only when the record was created now
+# (not when it existed: a call redis-py repeats after a lost answer pushes nothing twice). The
+# last ARGV is how many KEYS the record takes; the KEYS after those are the list, then, with an
+# expiry, every list to expire with it; the two ARGV before it are the message and the expiry
+# ('' for none). A push Redis refuses is answered as a fourth element, the record kept.
+_LUA_RECORD_AND_PUSH = (
+    """
+local n_keys = tonumber(table.remove(ARGV))
+local expires = table.remove(ARGV)
+local payload = table.remove(ARGV)
+local push_keys = {}
+for i = n_keys + 1, #KEYS do push_keys[#push_keys + 1] = KEYS[i] end
+for i = #KEYS, n_keys + 1, -1 do KEYS[i] = nil end
+local function record()
+"""
+    + _LUA_RECORD
+    + """
+end
+local r = record()
+if r[1] ~= 1 then return r end
+local pushed = redis.pcall('LPUSH', push_keys[1], payload)
+if type(pushed) == 'table' and pushed.err then return {r[1], r[2], r[3], pushed.err} end
+if expires ~= '' then
+  for i = 2, #push_keys do redis.call('PEXPIRE', push_keys[i], expires) end
+end
+return r
+"""
+)
+
 # KEYS: task hashes. Returns each one's snapshot, or false where it is unknown.
 _LUA_READ = (
     _LUA_SNAPSHOT
@@ -281,9 +311,10 @@ class _Base:
         self._ttl = ttl
         self._retain = retain
         self._global_retain = global_retain
-        self._min_replicas = min_replicas
+        self.min_replicas = min_replicas
         self._replica_timeout_ms = replica_timeout_ms
         self._record = client.register_script(_LUA_RECORD)
+        self._record_and_push = client.register_script(_LUA_RECORD_AND_PUSH)
         self._read = client.register_script(_LUA_READ)
 
     def _record_call(self, change: Change) -> tuple[list[str], list[Any]]:
@@ -327,9 +358,9 @@ class _Base:
         return details
 
     def _replicated(self, raw: list[Any], acknowledged: int) -> list[Any]:
-        if int(raw[0]) == Status.RECORDED and acknowledged < self._min_replicas:
+        if int(raw[0]) == Status.RECORDED and acknowledged < self.min_replicas:
             raise NotReplicated(
-                f"{acknowledged} of {self._min_replicas} replicas confirmed the change in time"
+                f"{acknowledged} of {self.min_replicas} replicas confirmed the change in time"
             )
         return raw
 
@@ -350,11 +381,11 @@ class Recorder(_Base):
 
     def record(self, change: Change) -> Outcome:
         keys, args = self._record_call(change)
-        if not self._min_replicas:
+        if not self.min_replicas:
             return self._outcome(self._record(keys=keys, args=args))
         with self.client.pipeline(transaction=False) as pipe:
             self._record(keys=keys, args=args, client=pipe)
-            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            pipe.wait(self.min_replicas, self._replica_timeout_ms)
             raw, acknowledged = pipe.execute()
         return self._outcome(self._replicated(raw, acknowledged))
 
@@ -381,13 +412,28 @@ class AsyncRecorder(_Base):
 
     async def record(self, change: Change) -> Outcome:
         keys, args = self._record_call(change)
-        if not self._min_replicas:
+        if not self.min_replicas:
             return self._outcome(await self._record(keys=keys, args=args))
         async with self.client.pipeline(transaction=False) as pipe:
             await self._record(keys=keys, args=args, client=pipe)
-            pipe.wait(self._min_replicas, self._replica_timeout_ms)
+            pipe.wait(self.min_replicas, self._replica_timeout_ms)
             raw, acknowledged = await pipe.execute()
         return self._outcome(self._replicated(raw, acknowledged))
+
+    async def record_and_push(
+        self, change: Change, list_keys: list[str], payload: str, expires_ms: int | None
+    ) -> tuple[Outcome, str | None]:
+        """Record `change` and, only if that created the task now, LPUSH `payload` onto the first
+        of `list_keys` (and PEXPIRE all of them, with `expires_ms`), in one atomic call. Returns
+        the outcome and Redis's error if it refused the push (the record is kept). Not with
+        min_replicas, whose WAIT follows a plain record."""
+        assert not self.min_replicas
+        keys, args = self._record_call(change)
+        raw = await self._record_and_push(
+            keys=[*keys, *list_keys],
+            args=[*args, payload, "" if expires_ms is None else expires_ms, len(keys)],
+        )
+        return self._outcome(raw), (str(raw[3]) if len(raw) > 3 else None)
 
     async def get(self, task_id: str) -> str | None:
         return (await self._read(keys=[self.keys.task(task_id)]))[0] or None
