@@ -36,6 +36,7 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from taskstream import connections
+from taskstream.backend import RecordBackend
 from taskstream.record import AsyncRecorder, Outcome
 from taskstream.recording import OWNER_HEADER, RERUN_HEADER, NotQueued, recording_here, tracking
 from taskstream.settings import Settings, redis_tls_options
@@ -223,10 +224,8 @@ class FastPublisher:
         )  # fmt: skip
         for stamp in options.pop("stamped_headers", []):
             options.pop(stamp)
-        if not ignore_result and type(app.backend).on_task_call.__qualname__ != (
-            "RecordBackend.on_task_call"
-        ):
-            return None
+        if not ignore_result and type(app.backend).on_task_call is not RecordBackend.on_task_call:
+            return None  # another backend's on_task_call is Celery's path to run
         return self._sent(task.name, message, **options)
 
     def _sent(
