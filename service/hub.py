@@ -103,12 +103,11 @@ class Subscription:
 
     __slots__ = (
         "_closed",
+        "_due",
         "_items",
         "_limit",
         "_resync",
         "_timer",
-        "_wait",
-        "_wait_began",
         "_waiter",
         "channel",
         "task_id",
@@ -127,8 +126,7 @@ class Subscription:
         # The quiet-time timer: armed once and re-armed only when it fires, rather than armed
         # and cancelled at every change of every stream (a tenth of a change's fan-out).
         self._timer: asyncio.TimerHandle | None = None
-        self._wait = 0.0
-        self._wait_began = 0.0
+        self._due = 0.0  # when the current wait ends quietly (loop time)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -152,12 +150,11 @@ class Subscription:
         waiter = self._waiter
         if waiter is None or waiter.done() or self._closed:
             return  # not waiting now: the next wait arms the timer again
-        due = self._wait_began + self._wait
         loop = waiter.get_loop()
-        if loop.time() >= due:
+        if loop.time() >= self._due:
             waiter.set_result(_EXPIRED)
         else:
-            self._timer = loop.call_at(due, self._quiet_check)
+            self._timer = loop.call_at(self._due, self._quiet_check)
 
     def resync(self) -> None:
         self._items.clear()
@@ -182,10 +179,9 @@ class Subscription:
         if not self._items and not self._resync:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            self._wait = wait
-            self._wait_began = began = loop.time()
+            self._due = loop.time() + wait
             if self._timer is None:
-                self._timer = loop.call_at(began + wait, self._quiet_check)
+                self._timer = loop.call_at(self._due, self._quiet_check)
             try:
                 await waiter
             finally:
