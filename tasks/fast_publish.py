@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from taskstream import connections
 from taskstream.backend import RecordBackend
 from taskstream.record import AsyncRecorder, Outcome
-from taskstream.recording import OWNER_HEADER, RERUN_HEADER, NotQueued, recording_here, tracking
+from taskstream.recording import NotQueued, recording_here, submission_headers, tracking
 from taskstream.settings import Settings, redis_tls_options
 from taskstream.signals import publish_creation
 
@@ -347,8 +347,7 @@ class FastPublisher:
                         return None
         if not self.enabled:
             return None
-        headers = {OWNER_HEADER: owner, **({RERUN_HEADER: rerun_of} if rerun_of else {})}
-        sent = self._message(task, task_id, kwargs, headers)
+        sent = self._message(task, task_id, kwargs, submission_headers(owner, rerun_of))
         if sent is None:
             return None
         for entity in sent.declare:

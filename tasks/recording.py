@@ -257,6 +257,12 @@ class NotQueued(Exception):
         self.outcome = outcome
 
 
+def submission_headers(owner: str, rerun_of: str | None) -> dict[str, str]:
+    """The message headers that carry a submission's caller (and the task it re-runs, if any)
+    to its record, however it is published."""
+    return {OWNER_HEADER: owner, **({RERUN_HEADER: rerun_of} if rerun_of else {})}
+
+
 _submission: ContextVar[_Submission | None] = ContextVar("taskstream_submission", default=None)
 
 # The id of the task whose message this context is publishing and recording itself
@@ -276,7 +282,7 @@ def submit(
     sub = _Submission(task_id)
     token = _submission.set(sub)
     try:
-        headers = {OWNER_HEADER: owner, **({RERUN_HEADER: rerun_of} if rerun_of else {})}
+        headers = submission_headers(owner, rerun_of)
         task.apply_async(kwargs=kwargs, task_id=task_id, headers=headers)
     except NotRecorded as exc:
         raise exc.cause from None
