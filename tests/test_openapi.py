@@ -7,7 +7,6 @@ import html
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -120,14 +119,15 @@ def test_a_forged_cursor_holding_nan_is_a_bad_cursor(service):
 
 
 @pytest.fixture
-def fuzzed(redis_url: str, tmp_path: Path) -> Iterator[Service]:
+def fuzzed(make_service) -> Service:
     """A deployment of the fuzzer's own, where every task ends within a second (a hard time
     limit): the fuzzer submits real tasks, sleeps of up to an hour among them, then opens their
     streams, which end only when the task does. Its own, so nothing it starts reaches the other
     tests' workers."""
-    svc = Service(redis_url, tmp_path, extra_env={"TASK_TIME_LIMIT_SECONDS": "1"})
-    with svc.running():
-        yield svc
+    svc: Service = make_service(TASK_TIME_LIMIT_SECONDS="1")
+    svc.start_worker()
+    svc.start_web()
+    return svc
 
 
 def test_fuzzing_finds_no_server_error_and_no_answer_outside_the_document(fuzzed, tmp_path):
