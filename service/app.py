@@ -8,6 +8,7 @@ from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
+from taskstream.web.direct import FindConnection
 from taskstream.web.disconnects import EndOnDisconnect
 from taskstream.web.embed import RootPath
 from taskstream.web.ops_routes import bp as ops_bp
@@ -45,9 +46,11 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     timed = WriteTimeout(
         app.asgi_app, settings.stream_write_timeout_seconds, svc.metrics.dropped_client
     )
-    app.asgi_app = ForwardedFromTrustedProxies(  # type: ignore[method-assign, assignment]
-        RootPath(EndOnDisconnect(timed), settings.trust_forwarded_prefix),
-        networks(settings.trusted_proxies),
+    app.asgi_app = FindConnection(  # type: ignore[method-assign, assignment]
+        ForwardedFromTrustedProxies(
+            RootPath(EndOnDisconnect(timed), settings.trust_forwarded_prefix),
+            networks(settings.trusted_proxies),
+        )
     )
 
     @app.after_request

@@ -113,6 +113,11 @@ class _Collector:
         yield CounterMetricFamily(
             "taskstream_events_delivered", "Changes handed to streams by the hub.", hub.delivered
         )
+        yield CounterMetricFamily(
+            "taskstream_events_written_directly",
+            "Of the changes delivered, those the hub wrote to a waiting stream's socket itself.",
+            hub.written,
+        )
         received = CounterMetricFamily(
             "taskstream_changes_received",
             "Changes received on the subscription, by the state they set.",

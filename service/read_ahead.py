@@ -25,6 +25,8 @@ from typing import Any
 from hypercorn.asyncio import tcp_server
 from hypercorn.events import Closed, RawData
 
+from taskstream.web import direct
+
 # Bytes read ahead while a response runs, beyond which reading waits for it (back-pressure on a
 # client that pipelines without end).
 _READ_AHEAD = 64 * 1024
@@ -35,6 +37,15 @@ _GRACE_SECONDS = 0.5
 
 async def _read_data(self: Any) -> None:
     """TCPServer._read_data, reading on while the protocol handles what it was given."""
+    # The hub may write a stream's changes to this connection directly (see direct.py).
+    direct.opened(self.writer)
+    try:
+        await _read_loop(self)
+    finally:
+        direct.closed(self.writer)
+
+
+async def _read_loop(self: Any) -> None:
     ahead = bytearray()
     while True:
         if ahead:

@@ -21,6 +21,7 @@ from taskstream.record import Change, Status, dumps, utcnow
 from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TERMINAL, TaskState
+from taskstream.web import direct
 from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.disconnects import on_end
 from taskstream.web.hub import Subscription
@@ -290,7 +291,9 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
     except BaseException:
         cleanup()
         raise
-    body = task_stream(sub, svc.record, task_id, current, after, _options())
+    body = task_stream(
+        sub, svc.record, task_id, current, after, _options(), direct.writer_for(request.scope)
+    )
     return _stream_response(StreamBody(body, cleanup))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,6 +311,16 @@ def read_stream(
             if max_events is not None and len(events) >= max_events:
                 break
     return events
+
+
+def metric(base: str, name: str) -> float:
+    """A taskstream_ metric of the web process at `base`, summed over its labels."""
+    text = httpx.get(f"{base}/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if re.match(rf"taskstream_{name}(\{{|\s)", line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def assert_contiguous(ids: list[int], first: int | None = None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import threading
@@ -16,19 +15,11 @@ from tests.harness import (
     accept_directly,
     assert_contiguous,
     direct_recorder,
+    metric,
     poll_until_done,
     read_stream,
     submit,
 )
-
-
-def metric(base: str, name: str) -> float:
-    text = httpx.get(f"{base}/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if re.match(rf"taskstream_{name}(\{{|\s)", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_sigterm_ends_streams_at_once_and_clients_resume_on_another_process(make_service):

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from taskstream.keys import Keys
 from taskstream.record import Change, Recorder, new_task_fields, utcnow
-from taskstream.web.hub import RESYNC, Announcement, Hub, Subscription
+from taskstream.web.hub import CLOSE, RESYNC, Announcement, Handed, Hub, Subscription
 from tests.harness import new_prefix
 
 
@@ -25,9 +25,9 @@ def announcement(seq: int, task_id: str = "t") -> Announcement:
 async def test_a_full_buffer_turns_into_one_resync_and_stays_bounded():
     sub = Subscription("t", limit=3)
     for seq in range(1, 4):
-        assert sub.push(announcement(seq))
-    assert not sub.push(announcement(4))
-    assert len(sub._items) == 0
+        assert sub.push(announcement(seq)) is Handed.QUEUED
+    assert sub.push(announcement(4)) is Handed.OVERFLOWED
+    assert not sub._items
     assert await sub.next(0.1) is RESYNC
     assert await sub.next(0.05) is None
 
@@ -214,9 +214,9 @@ async def test_a_change_for_thousands_of_streams_does_not_hold_back_another_task
     item = await alone.next(5)
     assert isinstance(item, Announcement) and item.task_id == "alone"
     # Its stream was woken while the crowd was still being handed the earlier changes...
-    assert sum(len(sub._items) for sub in crowd) < 3 * len(crowd)
+    assert sum(len(sub._items or ()) for sub in crowd) < 3 * len(crowd)
     # ...and every one of the crowd still gets all three, in order.
-    await until(lambda: all(len(sub._items) == 3 for sub in crowd))
+    await until(lambda: all(len(sub._items or ()) == 3 for sub in crowd))
     for sub in crowd:
         assert [(await sub.next(1)).seq for _ in range(3)] == [1, 2, 3]
 
@@ -235,3 +235,37 @@ async def test_a_hub_stopped_while_it_connects_stops(redis_url: str):
             assert time.monotonic() - began < 1, f"stopped {step * 0.5} ms after the start"
         finally:
             await client.aclose()
+
+
+class Sink:
+    """Stands in for a stream's connection (direct.DirectWriter): keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> bool:
+        self.chunks.append(data)
+        return True
+
+
+async def test_waiting_streams_are_written_directly_and_ended_once_all_have_it(hub, sync_redis):
+    subs = [await hub.subscribe("crowd") for _ in range(500)]
+    sinks = [Sink() for _ in subs]
+    for sub, sink in zip(subs, sinks, strict=True):
+        sub.write_directly(sink, "")  # type: ignore[arg-type]
+    waits = [asyncio.create_task(sub.next(30)) for sub in subs]
+    await asyncio.sleep(0)
+    # Created (seq 1), two progress changes, then the end.
+    record_progress(sync_redis, hub._keys, "crowd", 2)
+    recorder = Recorder(sync_redis, hub._keys, ttl=60, retain=1000, global_retain=1000)
+    recorder.record(Change("crowd", {"state": "SUCCESS", "result": 1}))
+    done, _ = await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    # No stream's task was woken before every stream had every change, the end included...
+    assert done and all(len(sink.chunks) == 4 for sink in sinks)
+    # ...each as an HTTP/1.1 chunk of the SSE event, in order; then every stream ends.
+    for sink in sinks:
+        ids = [chunk.split(b"\r\n", 1)[1].split(b"\n", 1)[0] for chunk in sink.chunks]
+        assert ids == [b"id: 1", b"id: 2", b"id: 3", b"id: 4"]
+    assert all(item is CLOSE for item in await asyncio.gather(*waits))
+    assert [sub.sent for sub in subs] == [4] * len(subs)
+    assert hub.written == hub.delivered == 4 * len(subs)

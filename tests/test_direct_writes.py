@@ -1,0 +1,206 @@
+"""The hub writes a change straight to the socket of each stream waiting for it (direct.py):
+the streams must read exactly what they read through Quart and Hypercorn, byte for byte in
+framing, in order, with keepalives only when quiet and a connection that stays usable after."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+from taskstream.record import Change
+from tests.harness import (
+    accept_directly,
+    assert_contiguous,
+    direct_recorder,
+    metric,
+    read_stream,
+)
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _progress(n: int) -> dict:
+    return {"state": "PROGRESS", "progress": {"current": n, "total": 20, "percent": n * 5.0}}
+
+
+class RawStream:
+    """One stream over a plain socket, parsing the HTTP/1.1 chunked body by hand."""
+
+    def __init__(self, port: int, path: str, version: str = "1.1", headers: str = ""):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        request = f"GET {path} HTTP/{version}\r\nHost: 127.0.0.1\r\n{headers}\r\n"
+        self.sock.sendall(request.encode())
+        self.buf = b""
+        head = self._until(b"\r\n\r\n")
+        self.head = head.decode("latin-1").lower()
+        # The server answers in its own version, whatever the request's (RFC 9110, 2.5).
+        assert self.head.startswith("http/1.1 200"), self.head
+
+    def _until(self, mark: bytes) -> bytes:
+        while mark not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        part, self.buf = self.buf.split(mark, 1)
+        return part
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self.buf) < size:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        part, self.buf = self.buf[:size], self.buf[size:]
+        return part
+
+    def chunk(self) -> bytes:
+        """The next chunk's payload (b"" for the last chunk), checking the framing."""
+        size = int(self._until(b"\r\n"), 16)
+        payload = self._exactly(size)
+        assert self._exactly(2) == b"\r\n"
+        return payload
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_many_streams_get_every_change_in_order_written_directly(make_service):
+    svc = make_service()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    streams = 40
+    results: list[list[tuple[int, dict]]] = [[] for _ in range(streams)]
+    readers = [
+        threading.Thread(target=lambda i=i: results[i].extend(read_stream(svc.url, task_id)))
+        for i in range(streams)
+    ]
+    for reader in readers:
+        reader.start()
+    _wait_for(lambda: metric(svc.url, "open_streams") == streams)
+    written_before = metric(svc.url, "events_written_directly_total")
+
+    for n in range(1, 21):
+        recorder.record(Change(task_id, _progress(n)))
+        time.sleep(0.02)
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 42}))
+    for reader in readers:
+        reader.join(30)
+    recorder.client.close()
+
+    for events in results:
+        assert_contiguous([seq for seq, _ in events], first=1)
+        assert [e["progress"]["current"] for _, e in events[1:-1]] == list(range(1, 21))
+        assert events[-1][1]["state"] == "SUCCESS"
+        assert events[-1][1]["links"]["events"] == f"/tasks/{task_id}/events"
+    # The streams waited between changes, so the hub wrote (nearly) all of them itself.
+    written = metric(svc.url, "events_written_directly_total") - written_before
+    assert written >= streams * 21 * 0.9
+    _wait_for(lambda: metric(svc.url, "open_streams") == 0)
+
+
+def test_the_connection_stays_usable_after_a_directly_written_end(make_service):
+    svc = make_service()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    raw = RawStream(svc.ports[0], f"/tasks/{task_id}/events")
+    assert raw.chunk().startswith(b"retry: ")
+    assert raw.chunk().startswith(b"id: 1\n")
+    _wait_for(lambda: metric(svc.url, "open_streams") == 1)
+    recorder.record(Change(task_id, _progress(1)))
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    recorder.client.close()
+    second = raw.chunk()
+    assert second.startswith(b"id: 2\ndata: ") and second.endswith(b"\n\n")
+    assert json.loads(second.split(b"data: ", 1)[1])["progress"]["current"] == 1
+    assert raw.chunk().startswith(b"id: 3\n")
+    assert raw.chunk() == b""  # the last chunk: the response ended, whole
+    # HTTP/1.1 keeps the connection: the next request on it is answered as usual.
+    raw.sock.sendall(f"GET /tasks/{task_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = raw._until(b"\r\n\r\n").decode("latin-1")
+    assert head.startswith("HTTP/1.1 200"), head
+    raw.close()
+    assert metric(svc.url, "events_written_directly_total") == 2
+
+
+def test_keepalives_are_sent_only_when_directly_written_changes_stop(make_service):
+    svc = make_service(KEEPALIVE_SECONDS="0.6")
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    raw = RawStream(svc.ports[0], f"/tasks/{task_id}/events")
+    raw.chunk()
+    raw.chunk()
+    _wait_for(lambda: metric(svc.url, "open_streams") == 1)
+    # A change every 0.2 s for 2.4 s: never quiet for 0.6 s, so no keepalive among them.
+    for n in range(1, 13):
+        recorder.record(Change(task_id, _progress(n)))
+        time.sleep(0.2)
+    got = [raw.chunk() for _ in range(12)]
+    assert [c.split(b"\n", 1)[0] for c in got] == [b"id: %d" % (n + 1) for n in range(1, 13)]
+    # Then quiet: a keepalive within its time, and the stream goes on.
+    began = time.monotonic()
+    assert raw.chunk() == b": keepalive\n\n"
+    assert 0.3 <= time.monotonic() - began <= 1.5
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    recorder.client.close()
+    assert raw.chunk().startswith(b"id: 14\n")
+    assert raw.chunk() == b""
+    raw.close()
+    assert metric(svc.url, "events_written_directly_total") == 13
+
+
+def test_an_http_1_0_client_is_served_the_usual_way(make_service):
+    # HTTP/1.0 has no chunked framing: the body is the bare events until the connection closes.
+    svc = make_service()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    raw = RawStream(svc.ports[0], f"/tasks/{task_id}/events", version="1.0")
+    assert "transfer-encoding" not in raw.head and "connection: close" in raw.head
+    assert raw._until(b"\n\n").startswith(b"retry: ")
+    assert raw._until(b"\n\n").startswith(b"id: 1\n")
+    _wait_for(lambda: metric(svc.url, "open_streams") == 1)
+    recorder.record(Change(task_id, _progress(1)))
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    recorder.client.close()
+    assert raw._until(b"\n\n").startswith(b"id: 2\ndata: {")
+    assert raw._until(b"\n\n").startswith(b"id: 3\ndata: {")
+    while data := raw.sock.recv(65536):
+        raw.buf += data
+    assert raw.buf == b""
+    raw.close()
+    assert metric(svc.url, "events_written_directly_total") == 0
+
+
+def test_directly_written_changes_carry_the_root_path(make_service):
+    # Behind a proxy that strips /jobs and says so: each stream's links are under its own root.
+    svc = make_service(TRUST_FORWARDED_PREFIX="true")
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    path = f"/tasks/{task_id}/events"
+    proxied = RawStream(svc.ports[0], path, headers="X-Forwarded-Prefix: /jobs\r\n")
+    plain = RawStream(svc.ports[0], path)
+    for raw in (proxied, plain):
+        raw.chunk()
+        raw.chunk()
+    _wait_for(lambda: metric(svc.url, "open_streams") == 2)
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    recorder.client.close()
+    for raw, root in ((proxied, "/jobs"), (plain, "")):
+        snapshot = json.loads(raw.chunk().split(b"data: ", 1)[1])
+        assert snapshot["links"]["events"] == f"{root}/tasks/{task_id}/events"
+        assert raw.chunk() == b""
+        raw.close()
+    assert metric(svc.url, "events_written_directly_total") == 2
