@@ -21,17 +21,20 @@ NOTES = """How each figure is taken:
   process records changes of 200 other tasks at 2,000/s (pipelined, straight into the record
   as workers do) for 10 s. CPU is each process's utime+stime from /proc over the window, next
   to the same window idle before; messages are `taskstream_pubsub_messages_total`.
-- Open streams: two client processes open 10,000 SSE connections in all to
-  `/tasks/{id}/events` of one `sleep` task that reports progress every second. Memory is the
-  VmRSS of the web process with the streams open, minus before, divided by the streams. Redis
-  connections are those in Redis's `CLIENT LIST` whose address is a socket of that process. The
-  spread of a change is the time from the first stream's receipt to the last one's, over the
-  progress changes after all were open and the final `REVOKED` one (the task is cancelled).
+- Open streams (the first measurement, on a web process that has served nothing but one task):
+  two client processes open 10,000 SSE connections in all to `/tasks/{id}/events` of one
+  `sleep` task that reports progress every second. The clients run as batch jobs (SCHED_BATCH)
+  so that they do not preempt the web at each event they receive, as clients on machines of
+  their own would not. Memory is the VmRSS of the web process with the streams open, minus
+  before, divided by the streams. Redis connections are those in Redis's `CLIENT LIST` whose
+  address is a socket of that process. The spread of a change is the time from the first
+  stream's receipt to the last one's, over the progress changes after all were open and the
+  final `REVOKED` one (the task is cancelled).
 - Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms, first with nothing else open,
-  then while 5,000 other streams are open on another task that changes every second (each of
-  its changes is written to all 5,000 while the 5 are followed); each live event's delay is its
-  receipt time minus its `updated_at`, the moment the worker recorded the change (each stream's
-  first event is not counted).
+  then while 5,000 other streams (held by batch clients, as above) are open on another task
+  that changes every second (each of its changes is written to all 5,000 while the 5 are
+  followed); each live event's delay is its receipt time minus its `updated_at`, the moment the
+  worker recorded the change (each stream's first event is not counted).
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
 - Submissions: keep-alive clients posting `add` tasks for 5 s, with the worker paused (SIGSTOP)
@@ -64,12 +67,14 @@ def main() -> int:
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
     stack.start()
     try:
+        # First, while the web process has served nothing else: memory that earlier streams
+        # held and gave back stays in the process and would be reused, hiding the cost.
+        print("open streams: 10,000 on one task ...", flush=True)
+        many = streams.measure(stack, n=10_000)
         print("latency: 500 changes, 5 streams, nothing else open ...", flush=True)
         lat_alone = latency.measure(stack)
         print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
         lat = latency.measure_with_open_streams(stack, 5_000)
-        print("open streams: 10,000 on one task ...", flush=True)
-        many = streams.measure(stack, n=10_000)
         print("stream opens a second ...", flush=True)
         opens = throughput.stream_opens(stack)
         print("submissions a second: ours, a plain route, two processes; py-spy ...", flush=True)
