@@ -37,13 +37,14 @@ async def test_quiet_time_is_counted_from_the_last_change_not_the_first_wait():
     # still last its whole time before it ends quietly (the stream's keepalive).
     loop = asyncio.get_running_loop()
     sub = Subscription("t", limit=3)
-    first = asyncio.create_task(sub.next(0.2))
-    await asyncio.sleep(0.15)
+    first = asyncio.create_task(sub.next(1.0))
+    await asyncio.sleep(0.1)
     sub.push(announcement(1))
     assert (await first).seq == 1
+    # The timer armed by the first wait fires 1.0 s after it began; this wait began later.
     began = loop.time()
-    assert await sub.next(0.2) is None
-    assert loop.time() - began >= 0.19
+    assert await sub.next(1.0) is None
+    assert loop.time() - began >= 0.99
     sub.close()
     assert sub._timer is None
 
