@@ -23,13 +23,13 @@ NOTES = """How each figure is taken:
   to the same window idle before; messages are `taskstream_pubsub_messages_total`.
 - Open streams (the first measurement, on a web process that has served nothing but one task):
   two client processes open 10,000 SSE connections in all to `/tasks/{id}/events` of one
-  `sleep` task that reports progress every second. The clients run as batch jobs (SCHED_BATCH)
+  `sleep` task, queued while the worker is paused. The clients run as batch jobs (SCHED_BATCH)
   so that they do not preempt the web at each event they receive, as clients on machines of
   their own would not. Memory is the VmRSS of the web process with the streams open, minus
   before, divided by the streams. Redis connections are those in Redis's `CLIENT LIST` whose
-  address is a socket of that process. The spread of a change is the time from the first
-  stream's receipt to the last one's, over the progress changes after all were open and the
-  final `REVOKED` one (the task is cancelled).
+  address is a socket of that process. Then the worker resumes and the task runs: received,
+  started, six progress changes a second apart, and SUCCESS, which ends every stream. The
+  spread of a change is the time from the first stream's receipt to the last one's.
 - Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms, first with nothing else open,
   then while 5,000 other streams (held by batch clients, as above) are open on another task
   that changes every second (each of its changes is written to all 5,000 while the 5 are

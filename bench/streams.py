@@ -32,11 +32,13 @@ class StreamsResult:
 def measure(
     stack: Stack, n: int = 5_000, clients: int = 2, step: float = 1.0, live_events: int = 6
 ) -> StreamsResult:
-    # A task that changes every `step` seconds for longer than we need; cancelled at the end,
-    # which ends every stream with REVOKED.
-    task = stack.submit("sleep", seconds=step * 500, steps=500)
+    # A task that waits in the queue (the worker paused) while the streams open, then reports
+    # progress every `step` seconds and ends by itself, which ends every stream. (Ended by a
+    # cancel, it would have the worker kill its child, and the pool's fork of a new one on the
+    # same two cores would be inside the last change's spread.)
+    stack.pause_worker(True)
+    task = stack.submit("sleep", seconds=step * live_events, steps=live_events)
     task_id = task["id"]
-    stack.wait_state(task_id, {"STARTED", "PROGRESS"}, 30)
     time.sleep(0.5)
     rss_before = stack.rss_kb()
     redis_before, _ = stack.redis_connections()
@@ -57,13 +59,11 @@ def measure(
     time.sleep(1.0)  # let the last opens settle before reading memory
     rss_after = stack.rss_kb()
     redis_after, redis_total = stack.redis_connections()
-    # Reading /proc for 10,000 sockets takes this process (and the kernel) a while: time the
-    # spread only over the changes after that, so that it does not compete with the fan-out.
+    # Reading /proc for 10,000 sockets takes this process (and the kernel) a while: every change
+    # of the task comes after that, so that it does not compete with the fan-out.
     measured_at = time.monotonic()
-
-    # Watch a few live changes reach everyone, then cancel: the REVOKED snapshot is one more.
-    time.sleep(step * live_events + 0.5)
-    stack.cancel(task_id)
+    stack.pause_worker(False)
+    stack.wait_done(task_id, step * live_events + 60)
     dones = [read_report(p, "done", 120) for p in procs]
     for p in procs:
         p.wait(30)
@@ -77,7 +77,7 @@ def measure(
             m[2] = max(m[2], last)
     live = sorted(s for s, (_, first, _) in merged.items() if first > measured_at)
     incomplete = sum(1 for s in live if merged[s][0] != opened)
-    # The last change is the REVOKED snapshot, after which each stream also ends.
+    # The last change is the SUCCESS snapshot, after which each stream also ends.
     terminal = live.pop() if live else None
     spreads = [(merged[s][2] - merged[s][1]) * 1000 for s in live if merged[s][0] == opened]
     terminal_spread = (
