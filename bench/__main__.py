@@ -6,9 +6,20 @@ import os
 import sys
 import time
 
-from bench import fleet, hub_cost, latency, replicas, report, streams, submissions, throughput
+from bench import (
+    fleet,
+    floor,
+    hub_cost,
+    latency,
+    replicas,
+    report,
+    streams,
+    submissions,
+    throughput,
+)
 from bench.stack import Stack
 from taskstream.web.launch import raise_open_file_limit
+from tests.harness import free_port
 
 NOTES = """How each figure is taken:
 
@@ -30,6 +41,10 @@ NOTES = """How each figure is taken:
   address is a socket of that process. Then the worker resumes and the task runs: received,
   started, six progress changes a second apart, and SUCCESS, which ends every stream. The
   spread of a change is the time from the first stream's receipt to the last one's.
+- The floor: `bench/floor.py`, a uvloop server of a few lines with nothing else in it, writes
+  six events of the same size to 10,000 sockets held by the same clients; its spread is what
+  one process on this machine can do at best (on loopback, the kernel's send also delivers to
+  the receiving socket and wakes its reader).
 - Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms, first with nothing else open,
   then while 5,000 other streams (held by batch clients, as above) are open on another task
   that changes every second (each of its changes is written to all 5,000 while the 5 are
@@ -71,6 +86,8 @@ def main() -> int:
         # held and gave back stays in the process and would be reused, hiding the cost.
         print("open streams: 10,000 on one task ...", flush=True)
         many = streams.measure(stack, n=10_000)
+        print("the same spread from a bare uvloop loop (the floor) ...", flush=True)
+        floor_ms = floor.measure(free_port())
         print("latency: 500 changes, 5 streams, nothing else open ...", flush=True)
         lat_alone = latency.measure(stack)
         print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
@@ -88,7 +105,7 @@ def main() -> int:
         stack.stop()
     print("RECORD_MIN_REPLICAS: a master and a replica ...", flush=True)
     rep = replicas.measure()
-    figures = report.Figures(many, lat, lat_alone, opens, subs, hub, crowd, rep)
+    figures = report.Figures(many, lat, lat_alone, opens, subs, hub, crowd, rep, floor_ms)
     text = report.write(figures, NOTES, load)
     print()
     print(text)

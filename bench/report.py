@@ -63,6 +63,7 @@ class Figures:
     hub: HubCost
     fleet: FleetResult
     replicas: ReplicaCost
+    floor_ms: list[float]  # bench.floor: the spread a bare uvloop loop achieves here
 
 
 def rows(f: Figures) -> list[tuple[str, ...]]:
@@ -105,6 +106,8 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
          + ", ".join(f"{x:.0f}" for x in s.spreads_ms)
          + f" ms; the last, SUCCESS, ending every stream: {terminal:.0f} ms)",
          "<= 100 ms", _ok(worst <= 100 and s.incomplete_events == 0 and bool(all_spreads))),
+        ("... the machine's floor: a bare uvloop loop writing the same bytes to 10,000 sockets",
+         ", ".join(f"{x:.0f}" for x in f.floor_ms) + " ms", "", ""),
         ("change-to-client latency, nothing else open: p50 / p99",
          f"{f.lat_alone.percentile(50):.2f} / {f.lat_alone.percentile(99):.2f} ms "
          f"({len(f.lat_alone.samples_ms)} events, {f.lat_alone.streams} streams)",

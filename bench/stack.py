@@ -141,6 +141,18 @@ def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[
     raise TimeoutError(f"no {kind} report within {timeout} s")
 
 
+def merge_receipts(dones: list[dict[str, Any]]) -> dict[int, list[float]]:
+    """Per event id, over the `done` reports of `hold` clients: [receipts, first, last]."""
+    merged: dict[int, list[float]] = {}
+    for done in dones:
+        for seq, (count, first, last) in done["seqs"].items():
+            m = merged.setdefault(int(seq), [0, first, last])
+            m[0] += count
+            m[1] = min(m[1], first)
+            m[2] = max(m[2], last)
+    return merged
+
+
 def _status_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench.stack import Stack, client_process, read_report
+from bench.stack import Stack, client_process, merge_receipts, read_report
 
 
 @dataclass
@@ -68,13 +68,7 @@ def measure(
     for p in procs:
         p.wait(30)
 
-    merged: dict[int, list[float]] = {}
-    for done in dones:
-        for seq, (count, first, last) in done["seqs"].items():
-            m = merged.setdefault(int(seq), [0, first, last])
-            m[0] += count
-            m[1] = min(m[1], first)
-            m[2] = max(m[2], last)
+    merged = merge_receipts(dones)
     live = sorted(s for s, (_, first, _) in merged.items() if first > measured_at)
     incomplete = sum(1 for s in live if merged[s][0] != opened)
     # The last change is the SUCCESS snapshot, after which each stream also ends.

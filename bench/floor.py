@@ -1,0 +1,87 @@
+"""The machine's floor for the spread: a bare uvloop server that writes the same bytes to every
+socket, as fast as a loop can, with nothing else in it (no Quart, no Hypercorn, no hub).
+
+Run as `python -m bench.floor PORT STREAMS SIZE`: it answers each request with an SSE response
+(HTTP/1.1, chunked) whose first event is id 1, and once STREAMS connections are open it writes
+events 2..7 of SIZE bytes to all of them, a second apart, then ends every response. The spread of
+each event over the clients (bench.client's `hold`, as for the service) is what one process on
+this machine can do at best: the kernel's send on loopback also delivers to the receiving socket
+and wakes its reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import uvloop
+
+from bench.stack import ROOT, client_process, merge_receipts, read_report
+from taskstream.web.launch import raise_open_file_limit
+
+_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def _chunk(seq: int, size: int) -> bytes:
+    event = b'id: %d\ndata: {"seq":%d,"pad":"%s"}\n\n' % (seq, seq, b"x" * size)
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+async def _serve(port: int, streams: int, size: int) -> None:
+    open_: list[Any] = []
+    ready = asyncio.Event()
+
+    class Stream(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            # uvloop's transports are asyncio's in all but class.
+            self.transport = transport
+            self.asked = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.asked += data
+            if b"\r\n\r\n" in self.asked and self.transport not in open_:
+                self.transport.write(_HEAD + _chunk(1, size))
+                open_.append(self.transport)
+                if len(open_) >= streams:
+                    ready.set()
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Stream, "127.0.0.1", port, backlog=4096)
+    await ready.wait()
+    for seq in range(2, 8):
+        await asyncio.sleep(1.0)
+        chunk = _chunk(seq, size)
+        for transport in open_:
+            transport.write(chunk)
+    await asyncio.sleep(0.5)
+    for transport in open_:
+        transport.write(b"0\r\n\r\n")
+        transport.close()
+    server.close()
+
+
+def measure(port: int, streams: int = 10_000, size: int = 420, clients: int = 2) -> list[float]:
+    """The spread (ms) of each of the floor server's events over `streams` client sockets."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.floor", str(port), str(streams), str(size)], cwd=ROOT
+    )
+    try:
+        share = [streams // clients + (1 if i < streams % clients else 0) for i in range(clients)]
+        procs = [
+            client_process("hold", host="127.0.0.1", port=port, path="/", n=k, parallel=100)
+            for k in share
+        ]
+        for p in procs:
+            read_report(p, "ready", 180)
+        dones = [read_report(p, "done", 120) for p in procs]
+    finally:
+        server.wait(30)
+    merged = merge_receipts(dones)
+    return [(m[2] - m[1]) * 1000 for s, m in sorted(merged.items()) if s > 1 and m[0] == streams]
+
+
+if __name__ == "__main__":
+    raise_open_file_limit()
+    uvloop.run(_serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
