@@ -56,26 +56,19 @@ def chunk(frame: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(frame), frame)
 
 
-class DirectWriter:
-    """One response's connection, for writing whole chunks past the ASGI stack."""
-
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: asyncio.WriteTransport):
-        self._transport = transport
-
-    def write(self, data: bytes) -> bool:
-        """Write `data` now, or False (nothing written) when it should go the usual way."""
-        transport = self._transport
-        if transport.is_closing() or transport.get_write_buffer_size() > _MAX_UNSENT:
-            return False
-        transport.write(data)
-        return True
+def write(transport: asyncio.WriteTransport, data: bytes) -> bool:
+    """Write `data` to a stream's connection now, or False (nothing written) when it should go
+    the usual way. A function on the transport itself, not an object wrapping it: one fan-out
+    touches this for thousands of streams, and each object more is a cache miss more."""
+    if transport.is_closing() or transport.get_write_buffer_size() > _MAX_UNSENT:
+        return False
+    transport.write(data)
+    return True
 
 
 class FindConnection:
     """ASGI middleware, outermost: a request served over HTTP/1.1 by our own Hypercorn workers
-    finds the writer of its connection (before a proxy's headers change the scope's client)."""
+    finds the transport of its connection (before a proxy's headers change the scope's client)."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -86,11 +79,11 @@ class FindConnection:
             if client and server:
                 transport = _transports.get((tuple(client), tuple(server)))
                 if transport is not None:
-                    scope[_SCOPE_KEY] = DirectWriter(transport)
+                    scope[_SCOPE_KEY] = transport
         await self.app(scope, receive, send)
 
 
-def writer_for(scope: Any) -> DirectWriter | None:
-    """The request's direct writer, if its connection has one (see FindConnection)."""
-    writer: DirectWriter | None = scope.get(_SCOPE_KEY)
-    return writer
+def transport_for(scope: Any) -> asyncio.WriteTransport | None:
+    """The transport of the request's connection, if the hub may write to it (FindConnection)."""
+    transport: asyncio.WriteTransport | None = scope.get(_SCOPE_KEY)
+    return transport

@@ -28,8 +28,10 @@ from taskstream.keys import Keys
 from taskstream.record import split_announcement
 from taskstream.states import TERMINAL
 from taskstream.web import direct, sse
-from taskstream.web.direct import DirectWriter
 from taskstream.web.snapshots import linked
+
+# Looked up once: a fan-out calls it for each of thousands of streams.
+_write = direct.write
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +136,14 @@ class Subscription:
 
     __slots__ = (
         "_closed",
-        "_direct",
         "_due",
         "_items",
         "_limit",
+        "_parked",
         "_resync",
         "_root",
         "_timer",
+        "_transport",
         "_wait",
         "_waiter",
         "channel",
@@ -168,31 +171,33 @@ class Subscription:
         # A task stream's last seq sent to its client; and, for a stream on a connection of
         # our own, where the hub may write its changes directly (see direct.py).
         self.sent = 0
-        self._direct: DirectWriter | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._root = ""
+        # In next(), waiting, with no write of its own under way (the waiter not yet set).
+        self._parked = False
 
     def _wake(self) -> None:
+        self._parked = False
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def write_directly(self, writer: DirectWriter, root: str) -> None:
-        """Let the hub write this task stream's next changes to `writer` while the stream
-        waits for them; `sent` says where the stream stands, before and after each wait."""
-        self._direct = writer
+    def write_directly(self, transport: asyncio.WriteTransport, root: str) -> None:
+        """Let the hub write this task stream's next changes to its connection's `transport`
+        while the stream waits for them; `sent` says where the stream stands, before and after
+        each wait."""
+        self._transport = transport
         self._root = root
 
     def push(self, item: Announcement) -> Handed:
         """Hand over an announcement, written to the client at once where it can be."""
-        waiter = self._waiter
         if (
-            self._direct is not None
-            and waiter is not None
+            self._parked
             and item.seq == self.sent + 1
-            and not waiter.done()  # parked in next(): no write of its own under way
+            and self._transport is not None
             and not self._items
             and not self._resync
-            and self._direct.write(item.chunk(self._root))
+            and _write(self._transport, item.chunk(self._root))
         ):
             # The wait was not quiet: the channel notes when it last wrote (_quiet_check).
             self.sent = item.seq
@@ -217,9 +222,10 @@ class Subscription:
             return  # not waiting now: the next wait arms the timer again
         loop = waiter.get_loop()
         due = self._due
-        if self.channel is not None and self._direct is not None:
+        if self.channel is not None and self._transport is not None:
             due = max(due, self.channel.written_at + self._wait)
         if loop.time() >= due:
+            self._parked = False
             waiter.set_result(_EXPIRED)
         else:
             self._timer = loop.call_at(due, self._quiet_check)
@@ -251,9 +257,11 @@ class Subscription:
             self._due = loop.time() + wait
             if self._timer is None:
                 self._timer = loop.call_at(self._due, self._quiet_check)
+            self._parked = True
             try:
                 await waiter
             finally:
+                self._parked = False
                 self._waiter = None
             if waiter.result() is _EXPIRED:
                 return None

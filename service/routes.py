@@ -292,7 +292,7 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
         cleanup()
         raise
     body = task_stream(
-        sub, svc.record, task_id, current, after, _options(), direct.writer_for(request.scope)
+        sub, svc.record, task_id, current, after, _options(), direct.transport_for(request.scope)
     )
     return _stream_response(StreamBody(body, cleanup))
 

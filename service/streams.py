@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 from taskstream.record import AsyncRecorder
 from taskstream.states import TERMINAL
 from taskstream.web import sse
-from taskstream.web.direct import DirectWriter
 from taskstream.web.hub import CLOSE, Announcement, Subscription
 from taskstream.web.snapshots import linked
 
@@ -101,12 +100,13 @@ async def task_stream(
     current: str,
     after: int | None,
     options: StreamOptions,
-    direct: DirectWriter | None = None,
+    transport: asyncio.WriteTransport | None = None,
 ) -> AsyncIterator[bytes]:
     """One task's changes after `after` (or from the current snapshot), until its terminal one.
 
-    `sub` must have been subscribed, and `current` read, before this is called. With `direct`,
-    the response's connection, the hub writes changes there itself while the stream waits.
+    `sub` must have been subscribed, and `current` read, before this is called. Given the
+    `transport` of the response's connection, the hub writes changes there itself while the
+    stream waits for them.
     """
     yield sse.retry(options.retry_ms)
     seq, state = _seq_and_state(current)
@@ -127,8 +127,8 @@ async def task_stream(
     # A stream may stay open for hours: its frame keeps no snapshot it has already sent
     # (about 2.5 KB a stream with the parsed dict).
     del current
-    if direct is not None:
-        sub.write_directly(direct, root)
+    if transport is not None:
+        sub.write_directly(transport, root)
     while True:
         # While the stream waits, the hub may write the next changes to the client itself.
         sub.sent = sent

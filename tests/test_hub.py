@@ -239,14 +239,19 @@ async def test_a_hub_stopped_while_it_connects_stops(redis_url: str):
 
 
 class Sink:
-    """Stands in for a stream's connection (direct.DirectWriter): keeps what it is given."""
+    """Stands in for a stream's connection (its transport): keeps what it is given."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
 
-    def write(self, data: bytes) -> bool:
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
         self.chunks.append(data)
-        return True
 
 
 async def test_waiting_streams_are_written_directly_and_ended_once_all_have_it(hub, sync_redis):
