@@ -5,15 +5,17 @@ socket send (a task switch, the ASGI send chain, h11's state machine): one chang
 streams of one task then takes 300 ms to reach them all. The change is the same bytes for every
 one of them, so when a stream sits waiting in the hub, caught up, on an HTTP/1.1 connection the
 service itself serves, the hub writes the change's chunk to that connection's transport at once
-(about 5 µs, most of it the kernel's) and notes it as sent; the stream's task is not woken.
+(about 8 µs, nearly all of it the kernel's send) and notes it as sent; the stream's task is not
+woken.
 
 This is safe because of when it happens. Hypercorn writes a whole chunk per `send` and a waiting
 stream has no `send` under way (it is parked in `Subscription.next`, its last write returned), so
 a chunk written here follows everything written before it, and the response's framing (HTTP/1.1
 chunked, which keeps no count of the bytes sent) stays whole. Whatever does not fit these terms
 goes the usual way and the stream's task is woken: a change out of order, a client whose socket
-buffer is filling (so the stalled-client timeout still sees it), HTTP/2, a server other than
-our own Hypercorn workers (embedded in another app, say), where no transport is known.
+buffer is filling (so the stalled-client timeout still sees it), HTTP/1.0 (no chunks) or HTTP/2,
+a server other than our own Hypercorn workers (embedded in another app, say), where no
+transport is known. (Behind nginx, `proxy_http_version 1.1`, which SSE wants anyway.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Final
 
 # Bytes a connection may hold unsent before changes go the usual, waiting way again.
 _MAX_UNSENT: Final = 64 * 1024
-# The scope key under which a request finds its connection's writer.
+# The scope key under which a request finds its connection's transport.
 _SCOPE_KEY: Final = "taskstream.direct"
 
 # The open connections of this process, by (client address, server address) as in the ASGI scope.
