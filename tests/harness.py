@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -313,14 +314,30 @@ def read_stream(
     return events
 
 
-def metric(base: str, name: str) -> float:
+def metric(base: str, name: str, verify: ssl.SSLContext | bool = True) -> float:
     """A taskstream_ metric of the web process at `base`, summed over its labels."""
-    text = httpx.get(f"{base}/metrics").text
+    text = httpx.get(f"{base}/metrics", verify=verify).text
     total = 0.0
     for line in text.splitlines():
         if re.match(rf"taskstream_{name}(\{{|\s)", line):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=taskstream-test-ca")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
+    return {name: folder / f"{name}" for name in ("ca.crt", "server.crt", "server.key")}
 
 
 def assert_contiguous(ids: list[int], first: int | None = None) -> None:

@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 
+import httpx
+from httpx_sse import connect_sse
+
 from taskstream.record import Change
 from tests.harness import (
+    Proc,
     accept_directly,
     assert_contiguous,
     direct_recorder,
+    free_port,
+    make_certificates,
     metric,
+    python,
     read_stream,
 )
 
@@ -204,3 +212,62 @@ def test_directly_written_changes_carry_the_root_path(make_service):
         assert raw.chunk() == b""
         raw.close()
     assert metric(svc.url, "events_written_directly_total") == 2
+
+
+def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_service, tmp_path):
+    # Hypercorn's own command line serving the ASGI app over TLS, where a client may pick HTTP/2
+    # (ALPN): an HTTP/1.1 stream's changes go through TLS as direct writes, an HTTP/2 stream's
+    # through Hypercorn's h2 framing, and both read the same events.
+    certs = make_certificates(tmp_path)
+    ca = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    svc = make_service()
+    port = free_port()
+    base = f"https://127.0.0.1:{port}"
+    cmd = [python(), "-m", "hypercorn", "--certfile", str(certs["server.crt"]),
+           "--keyfile", str(certs["server.key"]), "--bind", f"127.0.0.1:{port}",
+           "--worker-class", "uvloop", "taskstream.web.asgi:app"]  # fmt: skip
+    web = Proc("web-tls", cmd, svc.env, svc.log_dir, cwd=svc.cwd).start()
+    recorder = direct_recorder(svc)
+    try:
+        _wait_for(lambda: _answers(f"{base}/healthz", ca), timeout=30)
+        task_id = accept_directly(recorder)
+        got: dict[str, list[tuple[int, dict]]] = {}
+
+        def follow(http2: bool) -> None:
+            events: list[tuple[int, dict]] = []
+            with (
+                httpx.Client(verify=ca, http2=http2, timeout=30) as client,
+                connect_sse(client, "GET", f"{base}/tasks/{task_id}/events") as source,
+            ):
+                for sse in source.iter_sse():
+                    if sse.data:
+                        events.append((int(sse.id), json.loads(sse.data)))
+                got[source.response.http_version] = events
+
+        readers = [threading.Thread(target=follow, args=(h2,)) for h2 in (False, True)]
+        for reader in readers:
+            reader.start()
+        _wait_for(lambda: metric(base, "open_streams", verify=ca) == 2)
+        for n in range(1, 6):
+            recorder.record(Change(task_id, _progress(n)))
+            time.sleep(0.02)
+        recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+        for reader in readers:
+            reader.join(30)
+        assert sorted(got) == ["HTTP/1.1", "HTTP/2"]
+        for events in got.values():
+            assert [seq for seq, _ in events] == list(range(1, 8))
+            assert events[-1][1]["state"] == "SUCCESS"
+        # Six changes to the HTTP/1.1 stream written directly; none to the HTTP/2 one.
+        assert metric(base, "events_delivered_total", verify=ca) == 12
+        assert metric(base, "events_written_directly_total", verify=ca) == 6
+    finally:
+        recorder.client.close()
+        web.stop()
+
+
+def _answers(url: str, ca: ssl.SSLContext) -> bool:
+    try:
+        return httpx.get(url, verify=ca, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

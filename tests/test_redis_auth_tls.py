@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Proc, RedisServer, Service, free_port, read_stream, submit, web_command
+from tests.harness import (
+    Proc,
+    RedisServer,
+    Service,
+    free_port,
+    make_certificates,
+    read_stream,
+    submit,
+    web_command,
+)
 
 PASSWORD = "s3cret-redis-pw"
 
@@ -73,22 +80,6 @@ def test_wrong_redis_password_is_not_ready_and_says_nothing_secret(redis_with_pa
             assert "Traceback" not in ready.text + answer.text
     finally:
         svc.stop()
-
-
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl command."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-days", "2", "-subj", "/CN=taskstream-test-ca")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1")  # fmt: skip
-    (folder / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext")  # fmt: skip
-    return {name: folder / f"{name}" for name in ("ca.crt", "server.crt", "server.key")}
 
 
 def test_redis_over_tls_with_a_password(tmp_path):
