@@ -14,8 +14,8 @@ a chunk written here follows everything written before it, and the response's fr
 chunked, which keeps no count of the bytes sent) stays whole. Whatever does not fit these terms
 goes the usual way and the stream's task is woken: a change out of order, a client whose socket
 buffer is filling (so the stalled-client timeout still sees it), HTTP/1.0 (no chunks) or HTTP/2,
-a server other than our own Hypercorn workers (embedded in another app, say), where no
-transport is known. (Behind nginx, `proxy_http_version 1.1`, which SSE wants anyway.)
+an app mounted in another (embed.py), or a server other than our own Hypercorn workers,
+where no transport is known. (Behind nginx, `proxy_http_version 1.1`, which SSE wants anyway.)
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from typing import Any, Final
 _MAX_UNSENT: Final = 64 * 1024
 # The scope key under which a request finds its connection's transport.
 _SCOPE_KEY: Final = "taskstream.direct"
+# A scope key that keeps direct writes off: set for an app mounted in a host (embed.py), whose
+# own middleware (compression, say) may need to see every byte of the response.
+MOUNTED: Final = "taskstream.mounted"
 
 # The open connections of this process, by (client address, server address) as in the ASGI scope.
 _transports: dict[tuple[Any, Any], asyncio.WriteTransport] = {}
@@ -40,17 +43,29 @@ def _addresses(writer: asyncio.StreamWriter) -> tuple[Any, Any] | None:
     return tuple(peer[:2]), tuple(local[:2])
 
 
-def opened(writer: asyncio.StreamWriter) -> None:
-    """A connection of Hypercorn's has started (called from its read loop, see read_ahead)."""
-    key = _addresses(writer)
-    if key is not None:
-        _transports[key] = writer.transport
+class Connection:
+    """A connection of Hypercorn's, known to the hub for as long as it is open: use as a context
+    manager around the connection's read loop (read_ahead does). The key is kept from the start:
+    a TLS transport forgets its addresses once the connection is lost."""
+
+    __slots__ = ("_key", "_transport")
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._key = _addresses(writer)
+        self._transport = writer.transport
+
+    def __enter__(self) -> None:
+        if self._key is not None:
+            _transports[self._key] = self._transport
+
+    def __exit__(self, *exc: object) -> None:
+        if self._key is not None and _transports.get(self._key) is self._transport:
+            del _transports[self._key]
 
 
-def closed(writer: asyncio.StreamWriter) -> None:
-    key = _addresses(writer)
-    if key is not None and _transports.get(key) is writer.transport:
-        del _transports[key]
+def known() -> int:
+    """How many connections the hub could write to now."""
+    return len(_transports)
 
 
 def chunk(frame: bytes) -> bytes:
@@ -76,7 +91,15 @@ class FindConnection:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("http_version") == "1.1" and _transports:
+        # GET only: Hypercorn sends no body for HEAD, and a chunk written past it would be read
+        # as the start of the connection's next response.
+        if (
+            scope["type"] == "http"
+            and scope.get("method") == "GET"
+            and scope.get("http_version") == "1.1"
+            and _transports
+            and not scope.get(MOUNTED)
+        ):
             client, server = scope.get("client"), scope.get("server")
             if client and server:
                 transport = _transports.get((tuple(client), tuple(server)))

@@ -22,6 +22,7 @@ from typing import Any
 from quart import Quart
 
 from taskstream.settings import Settings
+from taskstream.web.direct import MOUNTED
 
 Scope = dict[str, Any]
 
@@ -57,7 +58,7 @@ class PrefixDispatcher:
         if scope["type"] in ("http", "websocket"):
             root = self._inside(scope)
             if root is not None:
-                await self.app({**scope, "root_path": root}, receive, send)
+                await self.app({**scope, "root_path": root, MOUNTED: True}, receive, send)
                 return
         await self.host(scope, receive, send)
 

@@ -560,40 +560,44 @@ class Hub:
             subs = entry[1] = list(channel.subs)  # those subscribed when its turn came
         end = len(subs)
         spent = 0
-        if item is CLOSE:
-            # Streams whose last change was written directly: each one's task now ends its
-            # response, the costly part, a slice at a time after all of them had the change.
-            while done < end and spent < _FAN_OUT_BUDGET:
-                subs[done].close()
-                done += 1
-                spent += _WAKE_COST
-        else:
-            channel.written_at = asyncio.get_running_loop().time()
-            written = 0
-            while done < end and spent < _FAN_OUT_BUDGET:
-                sub = subs[done]
-                done += 1
-                outcome = sub.push(item)
-                if outcome == WRITTEN:
-                    written += 1
-                    spent += 1
-                elif outcome == ENDED:
-                    written += 1
-                    spent += 1
-                    ending.append(sub)
-                else:
-                    self._count(outcome)
+        try:
+            if item is CLOSE:
+                # Streams whose last change was written directly: each one's task now ends its
+                # response, the costly part, a slice at a time after all of them had the change.
+                while done < end and spent < _FAN_OUT_BUDGET:
+                    subs[done].close()
+                    done += 1
                     spent += _WAKE_COST
-            self.delivered += written
-            self.written += written
-        if done < end:
-            entry[2] = done
-        else:
-            channel.backlog.popleft()
-            if ending:
-                channel.backlog.append([CLOSE, ending, 0, None])
-        if channel.backlog:
-            asyncio.get_running_loop().call_soon(self._fan_out, channel)
+            else:
+                channel.written_at = asyncio.get_running_loop().time()
+                written = 0
+                while done < end and spent < _FAN_OUT_BUDGET:
+                    sub = subs[done]
+                    done += 1
+                    outcome = sub.push(item)
+                    if outcome == WRITTEN:
+                        written += 1
+                        spent += 1
+                    elif outcome == ENDED:
+                        written += 1
+                        spent += 1
+                        ending.append(sub)
+                    else:
+                        self._count(outcome)
+                        spent += _WAKE_COST
+                self.delivered += written
+                self.written += written
+        finally:
+            # Whatever happened to one stream (a bug would be logged by the loop), the channel's
+            # other streams and later changes still get their turn.
+            if done < end:
+                entry[2] = done
+            else:
+                channel.backlog.popleft()
+                if ending:
+                    channel.backlog.append([CLOSE, ending, 0, None])
+            if channel.backlog:
+                asyncio.get_running_loop().call_soon(self._fan_out, channel)
 
     def _confirmed(self, name: bytes) -> None:
         waiting = self._pending.get(name)

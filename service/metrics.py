@@ -27,6 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from taskstream.monitor import Stats, Worker
 from taskstream.states import TaskState
+from taskstream.web import direct
 
 if TYPE_CHECKING:
     from taskstream.web.hub import Hub
@@ -112,6 +113,11 @@ class _Collector:
         yield streams
         yield CounterMetricFamily(
             "taskstream_events_delivered", "Changes handed to streams by the hub.", hub.delivered
+        )
+        yield GaugeMetricFamily(
+            "taskstream_direct_connections",
+            "Open connections of this process that the hub may write changes to itself.",
+            direct.known(),
         )
         yield CounterMetricFamily(
             "taskstream_events_written_directly",

@@ -38,11 +38,8 @@ _GRACE_SECONDS = 0.5
 async def _read_data(self: Any) -> None:
     """TCPServer._read_data, reading on while the protocol handles what it was given."""
     # The hub may write a stream's changes to this connection directly (see direct.py).
-    direct.opened(self.writer)
-    try:
+    with direct.Connection(self.writer):
         await _read_loop(self)
-    finally:
-        direct.closed(self.writer)
 
 
 async def _read_loop(self: Any) -> None:

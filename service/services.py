@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,7 +88,11 @@ class Services:
         self.hub = Hub(sub_client, keys, s.stream_buffer)
         self._sub_client = sub_client
         await self.hub.start()
-        self.executor.submit(_warm_broker, self.celery)
+        # A thread of its own, not the pool's: a broker that never answers would hold it, and
+        # the interpreter waits for the pool's threads when it exits.
+        threading.Thread(
+            target=_warm_broker, args=(self.celery,), name="broker-warm-up", daemon=True
+        ).start()
 
     def end_streams_on_shutdown_signals(self) -> None:
         """On SIGTERM or SIGINT, end every open stream at once.

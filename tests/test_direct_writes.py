@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import struct
 import threading
 import time
 
@@ -14,6 +15,8 @@ import httpx
 from httpx_sse import connect_sse
 
 from taskstream.record import Change
+from taskstream.web import direct
+from taskstream.web.embed import PrefixDispatcher
 from tests.harness import (
     Proc,
     accept_directly,
@@ -271,3 +274,86 @@ def _answers(url: str, ca: ssl.SSLContext) -> bool:
         return httpx.get(url, verify=ca, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_head_request_of_a_stream_gets_no_body_and_its_connection_stays_clean(make_service):
+    svc = make_service()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    sock = socket.create_connection(("127.0.0.1", svc.ports[0]), timeout=10)
+    sock.sendall(f"HEAD /tasks/{task_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    _wait_for(lambda: metric(svc.url, "open_streams") == 1)
+    for n in range(1, 4):
+        recorder.record(Change(task_id, _progress(n)))
+    recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
+    recorder.client.close()
+    _wait_for(lambda: metric(svc.url, "open_streams") == 0)
+    # The next request on the connection: its answer must be all that follows the HEAD's.
+    sock.sendall(f"GET /tasks/{task_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    received = b""
+    while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+        data = sock.recv(65536)
+        assert data, received
+        received += data
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:200]
+    sock.close()
+    assert metric(svc.url, "events_written_directly_total") == 0
+
+
+def test_connections_are_forgotten_when_they_end_over_tls_too(make_service, tmp_path):
+    certs = make_certificates(tmp_path)
+    ca = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    svc = make_service()
+    port = free_port()
+    base = f"https://127.0.0.1:{port}"
+    cmd = [python(), "-m", "hypercorn", "--certfile", str(certs["server.crt"]),
+           "--keyfile", str(certs["server.key"]), "--bind", f"127.0.0.1:{port}",
+           "--worker-class", "uvloop", "taskstream.web.asgi:app"]  # fmt: skip
+    web = Proc("web-tls", cmd, svc.env, svc.log_dir, cwd=svc.cwd).start()
+    recorder = direct_recorder(svc)
+    try:
+        _wait_for(lambda: _answers(f"{base}/healthz", ca), timeout=30)
+        task_id = accept_directly(recorder)
+        for _ in range(5):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            tls = ca.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(f"GET /tasks/{task_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+            # Gone mid-stream with a reset, as a client whose machine drops off does.
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tls.close()
+        _wait_for(lambda: metric(base, "open_streams", verify=ca) == 0)
+        # Only the connection asking is left.
+        _wait_for(lambda: metric(base, "direct_connections", verify=ca) == 1)
+    finally:
+        recorder.client.close()
+        web.stop()
+
+
+async def test_only_gets_the_app_serves_itself_over_http_1_1_may_be_written_directly(monkeypatch):
+    # Mounted in a host app, the host's own middleware (compression, say) may need to see every
+    # byte, so no direct writes there; nor for HEAD (no body) or HTTP/2 (frames of its own).
+    transport = object()
+    client, server = ("10.0.0.7", 50123), ("127.0.0.1", 8000)
+    monkeypatch.setitem(direct._transports, (client, server), transport)
+    found: list[object] = []
+
+    async def app(scope, receive, send):
+        found.append(direct.transport_for(scope))
+
+    async def host(scope, receive, send):
+        raise AssertionError("not the host's")
+
+    served = direct.FindConnection(app)
+    mounted = PrefixDispatcher(host, "/jobs", served)
+    get = {"type": "http", "http_version": "1.1", "method": "GET", "client": client,
+           "server": server, "path": "/tasks/t/events", "root_path": ""}  # fmt: skip
+    await served(dict(get), None, None)
+    await mounted({**get, "path": "/jobs/tasks/t/events"}, None, None)
+    await served({**get, "method": "HEAD"}, None, None)
+    await served({**get, "http_version": "2"}, None, None)
+    await served({**get, "client": ("10.0.0.8", 50123)}, None, None)
+    assert found == [transport, None, None, None, None]
