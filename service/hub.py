@@ -570,23 +570,13 @@ class Hub:
                     spent += _WAKE_COST
             else:
                 channel.written_at = asyncio.get_running_loop().time()
-                written = 0
                 while done < end and spent < _FAN_OUT_BUDGET:
                     sub = subs[done]
                     done += 1
-                    outcome = sub.push(item)
-                    if outcome == WRITTEN:
-                        written += 1
-                        spent += 1
-                    elif outcome == ENDED:
-                        written += 1
-                        spent += 1
+                    outcome = self._count(sub.push(item))
+                    if outcome == ENDED:
                         ending.append(sub)
-                    else:
-                        self._count(outcome)
-                        spent += _WAKE_COST
-                self.delivered += written
-                self.written += written
+                    spent += 1 if outcome <= ENDED else _WAKE_COST
         finally:
             # Whatever happened to one stream (a bug would be logged by the loop), the channel's
             # other streams and later changes still get their turn.
