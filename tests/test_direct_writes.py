@@ -10,6 +10,9 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from httpx_sse import connect_sse
@@ -19,6 +22,7 @@ from taskstream.web import direct
 from taskstream.web.embed import PrefixDispatcher
 from tests.harness import (
     Proc,
+    Service,
     accept_directly,
     assert_contiguous,
     direct_recorder,
@@ -218,21 +222,12 @@ def test_directly_written_changes_carry_the_root_path(make_service):
 
 
 def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_service, tmp_path):
-    # Hypercorn's own command line serving the ASGI app over TLS, where a client may pick HTTP/2
-    # (ALPN): an HTTP/1.1 stream's changes go through TLS as direct writes, an HTTP/2 stream's
-    # through Hypercorn's h2 framing, and both read the same events.
-    certs = make_certificates(tmp_path)
-    ca = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    # An HTTP/1.1 stream's changes go through TLS as direct writes, an HTTP/2 stream's through
+    # Hypercorn's h2 framing, and both read the same events.
     svc = make_service()
-    port = free_port()
-    base = f"https://127.0.0.1:{port}"
-    cmd = [python(), "-m", "hypercorn", "--certfile", str(certs["server.crt"]),
-           "--keyfile", str(certs["server.key"]), "--bind", f"127.0.0.1:{port}",
-           "--worker-class", "uvloop", "taskstream.web.asgi:app"]  # fmt: skip
-    web = Proc("web-tls", cmd, svc.env, svc.log_dir, cwd=svc.cwd).start()
     recorder = direct_recorder(svc)
-    try:
-        _wait_for(lambda: _answers(f"{base}/healthz", ca), timeout=30)
+    with served_over_tls(svc, tmp_path) as (port, ca):
+        base = f"https://127.0.0.1:{port}"
         task_id = accept_directly(recorder)
         got: dict[str, list[tuple[int, dict]]] = {}
 
@@ -264,8 +259,24 @@ def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_ser
         # Six changes to the HTTP/1.1 stream written directly; none to the HTTP/2 one.
         assert metric(base, "events_delivered_total", verify=ca) == 12
         assert metric(base, "events_written_directly_total", verify=ca) == 6
+    recorder.client.close()
+
+
+@contextmanager
+def served_over_tls(svc: Service, folder: Path) -> Iterator[tuple[int, ssl.SSLContext]]:
+    """The app under Hypercorn's own command line over TLS, where a client may pick HTTP/2
+    (ALPN): its port, and a TLS context that trusts its certificate."""
+    certs = make_certificates(folder)
+    ca = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    port = free_port()
+    cmd = [python(), "-m", "hypercorn", "--certfile", str(certs["server.crt"]),
+           "--keyfile", str(certs["server.key"]), "--bind", f"127.0.0.1:{port}",
+           "--worker-class", "uvloop", "taskstream.web.asgi:app"]  # fmt: skip
+    web = Proc("web-tls", cmd, svc.env, svc.log_dir, cwd=svc.cwd).start()
+    try:
+        _wait_for(lambda: _answers(f"https://127.0.0.1:{port}/healthz", ca), timeout=30)
+        yield port, ca
     finally:
-        recorder.client.close()
         web.stop()
 
 
@@ -304,18 +315,10 @@ def test_a_head_request_of_a_stream_gets_no_body_and_its_connection_stays_clean(
 
 
 def test_connections_are_forgotten_when_they_end_over_tls_too(make_service, tmp_path):
-    certs = make_certificates(tmp_path)
-    ca = ssl.create_default_context(cafile=str(certs["ca.crt"]))
     svc = make_service()
-    port = free_port()
-    base = f"https://127.0.0.1:{port}"
-    cmd = [python(), "-m", "hypercorn", "--certfile", str(certs["server.crt"]),
-           "--keyfile", str(certs["server.key"]), "--bind", f"127.0.0.1:{port}",
-           "--worker-class", "uvloop", "taskstream.web.asgi:app"]  # fmt: skip
-    web = Proc("web-tls", cmd, svc.env, svc.log_dir, cwd=svc.cwd).start()
     recorder = direct_recorder(svc)
-    try:
-        _wait_for(lambda: _answers(f"{base}/healthz", ca), timeout=30)
+    with served_over_tls(svc, tmp_path) as (port, ca):
+        base = f"https://127.0.0.1:{port}"
         task_id = accept_directly(recorder)
         for _ in range(5):
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -328,9 +331,7 @@ def test_connections_are_forgotten_when_they_end_over_tls_too(make_service, tmp_
         _wait_for(lambda: metric(base, "open_streams", verify=ca) == 0)
         # Only the connection asking is left.
         _wait_for(lambda: metric(base, "direct_connections", verify=ca) == 1)
-    finally:
-        recorder.client.close()
-        web.stop()
+    recorder.client.close()
 
 
 async def test_only_gets_the_app_serves_itself_over_http_1_1_may_be_written_directly(monkeypatch):
