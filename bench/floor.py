@@ -18,7 +18,7 @@ from typing import Any
 
 import uvloop
 
-from bench.stack import ROOT, client_process, merge_receipts, read_report
+from bench.stack import ROOT, hold_clients, merge_receipts, read_report
 from taskstream.web.launch import raise_open_file_limit
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -68,11 +68,7 @@ def measure(port: int, streams: int = 10_000, size: int = 420, clients: int = 2)
         [sys.executable, "-m", "bench.floor", str(port), str(streams), str(size)], cwd=ROOT
     )
     try:
-        share = [streams // clients + (1 if i < streams % clients else 0) for i in range(clients)]
-        procs = [
-            client_process("hold", host="127.0.0.1", port=port, path="/", n=k, parallel=100)
-            for k in share
-        ]
+        procs = hold_clients(port, "/", streams, clients)
         for p in procs:
             read_report(p, "ready", 180)
         dones = [read_report(p, "done", 120) for p in procs]

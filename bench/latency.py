@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.stack import Stack, client_process, read_report
+from bench.stack import Stack, client_process, hold_clients, read_report
 
 
 @dataclass
@@ -48,13 +48,7 @@ def measure_with_open_streams(stack: Stack, open_streams: int = 5_000) -> Latenc
     background = stack.submit("sleep", seconds=600, steps=600)
     stack.wait_state(background["id"], {"STARTED", "PROGRESS"}, 30)
     path = f"/tasks/{background['id']}/events"
-    half = open_streams // 2
-    holders = [
-        client_process(
-            "hold", host="127.0.0.1", port=stack.port, path=path, n=k, parallel=100, seconds=600
-        )
-        for k in (half, open_streams - half)
-    ]
+    holders = hold_clients(stack.port, path, open_streams, seconds=600)
     opened = sum(read_report(p, "ready", 300)["opened"] for p in holders)
     try:
         result = measure(stack)

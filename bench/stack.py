@@ -127,6 +127,19 @@ def client_process(mode: str, **args: Any) -> subprocess.Popen[str]:
     )
 
 
+def hold_clients(
+    port: int, path: str, n: int, clients: int = 2, seconds: float = 120
+) -> list[subprocess.Popen[str]]:
+    """`clients` load generators that open `n` streams to `path` in all and hold them."""
+    share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
+    return [
+        client_process(
+            "hold", host="127.0.0.1", port=port, path=path, n=k, parallel=100, seconds=seconds
+        )
+        for k in share
+    ]
+
+
 def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[str, Any]:
     """The next report of `kind` from a client process."""
     assert proc.stdout is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench.stack import Stack, client_process, merge_receipts, read_report
+from bench.stack import Stack, hold_clients, merge_receipts, read_report
 
 
 @dataclass
@@ -44,14 +44,8 @@ def measure(
     redis_before, _ = stack.redis_connections()
 
     path = f"/tasks/{task_id}/events"
-    share = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
     started = time.monotonic()
-    procs = [
-        client_process(
-            "hold", host="127.0.0.1", port=stack.port, path=path, n=k, parallel=100, seconds=180
-        )
-        for k in share
-    ]
+    procs = hold_clients(stack.port, path, n, clients, seconds=180)
     readies = [read_report(p, "ready", 180) for p in procs]
     open_seconds = time.monotonic() - started
     opened = sum(r["opened"] for r in readies)
