@@ -11,6 +11,7 @@ from taskstream.web.auth import Authenticator
 from taskstream.web.direct import FindConnection
 from taskstream.web.disconnects import EndOnDisconnect
 from taskstream.web.embed import RootPath
+from taskstream.web.lean import LeanHTTPConnection, LeanRequest
 from taskstream.web.ops_routes import bp as ops_bp
 from taskstream.web.proxies import ForwardedFromTrustedProxies, networks
 from taskstream.web.routes import bp
@@ -23,6 +24,9 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     """The web app. `handle_signals` (the served app, not tests) ends open streams on SIGTERM."""
     settings = settings or Settings.from_env()
     app = Quart(__name__, static_folder="static")
+    # Less memory per open request (see lean.py).
+    app.asgi_http_class = LeanHTTPConnection
+    app.request_class = LeanRequest
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         # Bodies are small: a client that trickles one in is not waited on for long.

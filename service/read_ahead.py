@@ -49,10 +49,12 @@ async def _read_loop(self: Any) -> None:
             data = bytes(ahead)
             ahead.clear()
         else:
+            reading = self.reader.read(tcp_server.MAX_RECV)
+            timeout = self.config.read_timeout
             try:
-                data = await asyncio.wait_for(
-                    self.reader.read(tcp_server.MAX_RECV), self.config.read_timeout
-                )
+                # (Not through wait_for without a timeout: a stream's connection waits here for
+                # as long as it lasts, and every object kept meanwhile is kept per stream.)
+                data = await (reading if timeout is None else asyncio.wait_for(reading, timeout))
             except (*_READ_ERRORS, TimeoutError):
                 break
             if not data:
@@ -62,6 +64,7 @@ async def _read_loop(self: Any) -> None:
             await _hang_up(self.protocol, handling)
             return
         handling.result()
+        del handling  # done: not kept while the next read waits
     await self.protocol.handle(Closed())
 
 
