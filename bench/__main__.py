@@ -23,11 +23,15 @@ from tests.harness import free_port
 
 NOTES = """How each figure is taken:
 
-- Hub CPU per change: in the bench's own process, a hub as the web runs it (uvloop) follows one
-  task with one stream; a publisher process (as workers are) sends 10,000 announcements in the
-  record's format on that task's channel (paced at 2,000/s, then as fast as it can), then 10,000
-  on other tasks' channels. The figure is the hub thread's CPU time (time.thread_time) divided
-  by the changes: from the bytes on the socket to the encoded SSE frame, the write excluded.
+- Hub CPU per change: in the bench's own process, a hub as the web runs it (uvloop, the web's
+  garbage collector settings) follows one task with one stream; a publisher process (as workers
+  are) sends 10,000 announcements in the record's format on that task's channel (paced at
+  2,000/s, then as fast as it can), then 10,000 on other tasks' channels. The figure is the hub
+  thread's CPU time (time.thread_time) divided by the changes: from the bytes on the socket to
+  the encoded SSE frame, the write excluded. Twice: for a stream whose task is woken to send
+  each change, and for a stream the hub writes to itself, as it does a waiting HTTP/1.1 stream
+  (its connection replaced by one that counts what it is given). Paced, each change wakes the
+  loop alone, and that wake-up is most of the figure.
 - Four web processes: one holds a stream of one task that changes ten times a second; a load
   process records changes of 200 other tasks at 2,000/s (pipelined, straight into the record
   as workers do) for 10 s. CPU is each process's utime+stime from /proc over the window, next

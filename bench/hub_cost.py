@@ -22,6 +22,7 @@ import uvloop
 
 from taskstream.keys import Keys
 from taskstream.web.hub import Announcement, Hub
+from taskstream.web.serve import tune_gc
 
 _SNAPSHOT = (
     '{{"id":"{tid}","task":"sleep","state":"PROGRESS","seq":{seq},"progress":{{"current":{seq},'
@@ -39,6 +40,9 @@ def message(g: int, seq: int, task_id: str) -> str:
 class HubCost:
     served_us: float  # CPU per change served (one stream), changes paced at `rate`
     served_burst_us: float  # the same, changes sent as fast as Redis takes them
+    # CPU per change served to one stream the hub writes to directly (HTTP/1.1 on our own
+    # Hypercorn, see service/direct.py), paced: the stream's task is not woken at all
+    served_direct_us: float
     not_served_us: float  # CPU per change of a task this process streams not
     received_not_served: int  # messages the hub received of those
     changes: int
@@ -64,7 +68,28 @@ def _publish(
         done.set()
 
 
+class _Sink:
+    """Stands in for a stream's connection: counts the chunks the hub writes to it."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.written = 0
+        self.all_written = asyncio.get_running_loop().create_future()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.written += 1
+        if self.written == self.expected:
+            self.all_written.set_result(None)
+
+
 async def _measure(url: str, n: int, rate: int) -> HubCost:
+    tune_gc()  # as the web process does
     keys = Keys("benchhub")
     client = aioredis.Redis.from_url(url)
     hub = Hub(client, keys, buffer=100_000)
@@ -72,7 +97,9 @@ async def _measure(url: str, n: int, rate: int) -> HubCost:
     assert await hub.wait_live(10)
     sub = await hub.subscribe("served")
 
-    async def run(task_id: str, count: int, pace: int | None, expect: bool) -> float:
+    async def run(
+        task_id: str, count: int, pace: int | None, expect: bool, sink: _Sink | None = None
+    ) -> float:
         channel = keys.task_channel(task_id)
         context = multiprocessing.get_context("spawn")
         go, done = context.Event(), context.Event()
@@ -84,6 +111,9 @@ async def _measure(url: str, n: int, rate: int) -> HubCost:
         cpu = time.thread_time()
         go.set()
         got = 0
+        if sink is not None:
+            await sink.all_written
+            expect = False
         while expect and got < count:
             item = await sub.next(10)
             assert isinstance(item, Announcement), item
@@ -97,12 +127,22 @@ async def _measure(url: str, n: int, rate: int) -> HubCost:
 
     served = await run("served", n, rate, True)
     burst = await run("served", n, None, True)
+    # A stream that waits while the hub writes its changes to its connection, as a stream on
+    # HTTP/1.1 does (its changes have seqs 1, 2, ... after the 0 it has sent).
+    direct = await hub.subscribe("direct")
+    sink = _Sink(n)
+    direct.write_directly(sink, "")  # type: ignore[arg-type]
+    direct.sent = 0
+    waiting = asyncio.ensure_future(direct.next(3600))
+    served_direct = await run("direct", n, rate, True, sink)
+    waiting.cancel()
+    hub.unsubscribe(direct)
     before = hub.received
     not_served = await run("elsewhere", n, rate, False)
     received = hub.received - before
     await hub.stop()
     await client.aclose()
-    return HubCost(served, burst, not_served, received, n, rate)
+    return HubCost(served, burst, served_direct, not_served, received, n, rate)
 
 
 def measure(url: str, n: int = 10_000, rate: int = 2_000) -> HubCost:
