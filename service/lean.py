@@ -7,8 +7,9 @@ of ASGI messages (four of them), Quart's request body (two events) and Hypercorn
 can-read event held eight per stream, ~6 KB of its ~37. A short list does a deque's work for
 the zero or one waiter these ever hold, at 56 bytes.
 
-Also here: Quart's request handling without its second task, and the response headers of
-streams shared between them (Hypercorn keeps each response's start message while it runs).
+Also here: Quart's request handling without its second and third tasks, and the response
+headers of streams shared between them (Hypercorn keeps each response's start message while it
+runs).
 """
 
 from __future__ import annotations
@@ -101,6 +102,21 @@ class LeanHTTPConnection(ASGIHTTPConnection):
                 receiver.cancel()
         if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
             raise receiver.exception()  # type: ignore[misc]
+
+
+    async def handle_request(self, request: Any, send: Any) -> None:
+        """As Quart's, but the response's time limit is an `asyncio.timeout` in this task:
+        `wait_for` (Python 3.11) runs the response in a task of its own, for every request. And
+        an error is never made a traceback page (Quart does that in debug or testing mode)."""
+        response = await self.app.handle_request(request)
+        timeout = getattr(response, "timeout", Ellipsis)
+        if timeout is Ellipsis:
+            timeout = self.app.config["RESPONSE_TIMEOUT"]
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_response(send, response)
+        except TimeoutError:
+            pass
 
 
 # Header pairs of responses, shared: a stream's are the same as every other stream's.
