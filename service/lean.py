@@ -103,7 +103,6 @@ class LeanHTTPConnection(ASGIHTTPConnection):
         if receiver.done() and not receiver.cancelled() and receiver.exception() is not None:
             raise receiver.exception()  # type: ignore[misc]
 
-
     async def handle_request(self, request: Any, send: Any) -> None:
         """As Quart's, but the response's time limit is an `asyncio.timeout` in this task:
         `wait_for` (Python 3.11) runs the response in a task of its own, for every request. And
