@@ -56,10 +56,11 @@ NOTES = """How each figure is taken:
   worker recorded the change (each stream's first event is not counted).
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
-- Submissions: keep-alive clients posting `add` tasks for 5 s, with the worker paused (SIGSTOP)
+- Submissions: keep-alive clients posting `add` tasks for 5 s, three times (the figure is the
+  median run), with the worker paused (SIGSTOP)
   so that the figure is the web's acceptance rate alone; the same against `bench/plain_app.py`
   (a Quart route that only calls `task.apply_async`, under Hypercorn on uvloop), and against
-  WEB_CONCURRENCY=2 on one port. py-spy samples the web during a second run of ours.
+  WEB_CONCURRENCY=2 on one port. py-spy samples the web during a fourth run of ours.
 - RECORD_MIN_REPLICAS: 2,000 changes recorded one after another against a master with one
   replica (both private redis-servers), acknowledged at once (0) or after Redis WAIT (1).
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from bench.stack import Stack, client_process, read_report
 
@@ -14,9 +15,24 @@ class Rate:
     seconds: float
     concurrency: int
 
+    # Every run's rate, where this is the median of several.
+    runs: tuple[float, ...] = ()
+
     @property
     def per_second(self) -> float:
         return self.completed / self.seconds if self.seconds else 0.0
+
+    def with_runs(self) -> str:
+        each = ", ".join(f"{r:,.0f}" for r in self.runs)
+        return f"{self.per_second:,.0f}/s" + (f" (median of {each})" if self.runs else "")
+
+
+def median_rate(measure: Callable[[], Rate], runs: int = 3) -> Rate:
+    """The median of `runs` measurements: one run of a few seconds on a machine whose cores the
+    load generator shares varies by a fifth from the next."""
+    rates = sorted((measure() for _ in range(runs)), key=lambda r: r.per_second)
+    middle = rates[len(rates) // 2]
+    return replace(middle, runs=tuple(r.per_second for r in rates))
 
 
 def stream_opens(stack: Stack, concurrency: int = 50, seconds: float = 5.0) -> Rate:
