@@ -27,7 +27,9 @@ T = TypeVar("T")
 
 
 class Waiters(list[T]):
-    """A deque's operations that asyncio's queue and event use, on a list."""
+    """A deque's operations that asyncio's queue and event use, on a list. Taking from its
+    front moves what is behind: fine for the few items these hold (Hypercorn's queue is bounded
+    by its `max_app_queue_size`, 10), not for a queue of many."""
 
     __slots__ = ()
 
@@ -35,20 +37,24 @@ class Waiters(list[T]):
         return self.pop(0)
 
 
-def _lean(value: Any) -> Any:
-    return Waiters(value) if type(value) is collections.deque else value
+# Each of these leaves alone what is not as it expects (another Python's or library's layout):
+# the object then keeps its deque, and only the saving is lost.
 
 
 def lean_event(event: asyncio.Event) -> asyncio.Event:
     """`event`, holding its waiters in a list (before anyone waits on it)."""
-    event._waiters = _lean(event._waiters)
+    waiters = getattr(event, "_waiters", None)
+    if type(waiters) is collections.deque:
+        event._waiters = Waiters(waiters)  # type: ignore[assignment]
     return event
 
 
 def lean_queue(queue: asyncio.Queue[Any]) -> None:
     """`queue` holding its items and waiters in lists (its items kept, in order)."""
     for name in ("_queue", "_getters", "_putters"):
-        setattr(queue, name, _lean(getattr(queue, name, None)))
+        held = getattr(queue, name, None)
+        if type(held) is collections.deque:
+            setattr(queue, name, Waiters(held))
     finished = getattr(queue, "_finished", None)
     if isinstance(finished, asyncio.Event):
         lean_event(finished)
@@ -151,7 +157,9 @@ def _shared(pair: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
 class LeanEventWrapper(EventWrapper):
     def __init__(self) -> None:
         super().__init__()
-        lean_event(self._event)
+        event = getattr(self, "_event", None)
+        if isinstance(event, asyncio.Event):
+            lean_event(event)
 
 
 _spawn_app = TaskGroup.spawn_app
