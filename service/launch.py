@@ -8,6 +8,7 @@ both processes are pointed at it. Ctrl-C stops everything this started.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,11 +52,35 @@ def wait_until_ready(
     return False
 
 
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
+    """A port nothing listens on, taken below the kernel's ephemeral range where it can be.
+
+    A port the kernel handed out for binding to 0 is one it also hands out to outgoing
+    connections: a server restarted on it (Redis after a fault, a proxy after a drop) could find
+    it taken by some client's socket in the meantime. Below the range, only listeners use it.
+    """
+    floor = _ephemeral_floor()
+    if floor > 11_000:
+        for _ in range(50):
+            port = random.randrange(10_000, floor)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def redis_server_binary() -> str:
