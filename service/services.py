@@ -20,6 +20,7 @@ from taskstream import connections
 from taskstream.fast_publish import FastPublisher
 from taskstream.keys import Keys
 from taskstream.monitor import Monitor
+from taskstream.pipelined import Pipelined
 from taskstream.record import AsyncRecorder, Outcome
 from taskstream.recording import submit as submit_task
 from taskstream.settings import Settings
@@ -79,6 +80,15 @@ class Services:
             replica_timeout_ms=s.record_replica_timeout_ms,
         )
         self.monitor = Monitor(self.redis, keys, s.worker_offline_seconds)
+        if not s.record_min_replicas:
+            # Submissions' record-and-push calls share one connection of their own, in flight
+            # together (its WAIT-less script is the only call that goes this way).
+            self.record.pipelined = Pipelined(
+                connections.async_client(
+                    s, socket_connect_timeout=5, socket_keepalive=True, decode_responses=True
+                ),
+                timeout=10,
+            )
         # On a Redis broker, submissions are published from the event loop (fast_publish).
         self.fast = FastPublisher(self.celery, s, self.record, self.redis, self._off_loop)
         self.queue_depths = QueueDepths(self.celery, self.executor)
@@ -117,6 +127,8 @@ class Services:
     async def stop(self) -> None:
         await self.hub.stop()
         await self.fast.close()
+        if self.record.pipelined is not None:
+            await self.record.pipelined.close()
         await self._sub_client.aclose()
         await self.redis.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
