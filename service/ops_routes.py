@@ -211,7 +211,7 @@ async def rerun(task_id: str) -> Response:
                       kind="rerun-refused") from None  # fmt: skip
     s = svc.settings
     await check_submission_rate(
-        svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
+        svc.run_script, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     new_id = str(uuid.uuid4())
     try:

@@ -134,7 +134,7 @@ async def submit() -> Response:
                       kind="arguments-too-large")  # fmt: skip
     s = svc.settings
     await check_submission_rate(
-        svc.redis, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
+        svc.run_script, svc.keys, s.submissions_per_window, s.rate_limit_window_seconds, svc.clock()
     )
     task_id = str(uuid.uuid4())
     try:

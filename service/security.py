@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -185,18 +186,22 @@ return 0
 
 
 async def check_submission_rate(
-    redis: object, keys: Keys, limit: int, window: int, now: float
+    run_script: Callable[[str, list[str], list[Any]], Awaitable[Any]],
+    keys: Keys,
+    limit: int,
+    window: int,
+    now: float,
 ) -> None:
     """At most `limit` submissions per caller in any `window` seconds, counted in Redis (one Lua
-    script) so it holds across web processes. `now` comes from the app's clock (Services.clock),
-    which tests set instead of waiting."""
+    script, run by Services.run_script) so it holds across web processes. `now` comes from the
+    app's clock (Services.clock), which tests set instead of waiting."""
     if limit <= 0:
         return
     caller = current_caller()
     who = caller.name or f"addr:{request.remote_addr}"
     member = f"{now!r}:{secrets.token_hex(4)}"
-    free_at = await redis.eval(  # type: ignore[attr-defined]
-        _SLIDING_WINDOW, 1, keys.rate(who, window), repr(now), window, limit, member
+    free_at = await run_script(
+        _SLIDING_WINDOW, [keys.rate(who, window)], [repr(now), window, limit, member]
     )
     if float(free_at) > 0:
         retry_after = max(1, math.ceil(float(free_at) - now))

@@ -17,6 +17,8 @@ unanswered for `timeout` seconds ends the connection with a TimeoutError.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from collections import deque
 from typing import Any
 
@@ -190,6 +192,11 @@ class _Connection(asyncio.Protocol):
         self._previous.connection_lost(exc)
 
 
+@functools.lru_cache(maxsize=64)
+def _digest(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
 class Pipelined:
     """Script calls over one connection of `client`'s pool (a client of its own: the connection
     never goes back to the pool)."""
@@ -200,6 +207,10 @@ class Pipelined:
         self._connection: Any = None
         self._current: _Connection | None = None
         self._opening = asyncio.Lock()
+
+    async def eval(self, script: str, keys: list[Any], args: list[Any]) -> Any:
+        """EVALSHA of `script`'s digest (EVAL where Redis does not hold it)."""
+        return await self.evalsha(_digest(script), script, keys, args)
 
     async def evalsha(self, sha: str, script: str, keys: list[Any], args: list[Any]) -> Any:
         """EVALSHA, falling back to EVAL where Redis does not hold the script (after a restart,
