@@ -322,6 +322,7 @@ async def submissions(args: dict[str, Any]) -> None:
         if conn is not None and conn.transport is not None:
             conn.transport.close()
 
+    emit(kind="started")
     started = time.monotonic()
     await asyncio.gather(*(loop_() for _ in range(args["concurrency"])))
     emit(kind="done", accepted=accepted, other=other, seconds=time.monotonic() - started)

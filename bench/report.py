@@ -128,12 +128,12 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
          "", ""),
         ("submissions a second, one web process (POST /tasks, add)",
          f"{subs.ours.with_runs()}; {subs.ours.concurrency} clients, "
-         f"{subs.ours.failed} failed", "", ""),
+         f"{subs.ours.failed} failed; {_cpu(subs.ours)}", "", ""),
         ("... a plain Quart route calling `task.apply_async`",
-         f"{subs.plain.with_runs()}: ours is {subs.ratio:.2f}x", ">= 1.5x",
+         f"{subs.plain.with_runs()}: ours is {subs.ratio:.2f}x; {_cpu(subs.plain)}", ">= 1.5x",
          _ok(subs.ratio >= 1.5)),
         ("... two web processes (WEB_CONCURRENCY=2) on the port",
-         f"{subs.two.with_runs()}: {subs.scaling:.2f}x one", "~2x",
+         f"{subs.two.with_runs()}: {subs.scaling:.2f}x one; {_cpu(subs.two)}", "~2x",
          _ok(subs.scaling >= 1.8)),
         ("record one change, RECORD_MIN_REPLICAS=0 / 1 (p50)",
          f"{rep.p50_ms[0]:.2f} / {rep.p50_ms[1]:.2f} ms", "measured", ""),
@@ -141,6 +141,14 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
          f"{rep.p99_ms[0]:.2f} / {rep.p99_ms[1]:.2f} ms ({rep.changes:,} changes each)",
          "measured", ""),
     ]  # fmt: skip
+
+
+def _cpu(rate: Rate) -> str:
+    """Where the machine's cores went during the median run."""
+    return (
+        f"web {rate.cpu_per_item_us('web'):,.0f} µs of CPU a submission; cores busy: "
+        + ", ".join(f"{part} {rate.cores(part):.2f}" for part in ("web", "load generator", "Redis"))
+    )
 
 
 def table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> str:

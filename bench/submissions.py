@@ -101,7 +101,9 @@ def measure(stack: Stack, seconds: float = 5.0) -> SubmitResult:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the plain app did not start:\n{plain.tail()}") from None
                 time.sleep(0.2)
-        plain_rate = median_rate(lambda: submissions(stack, seconds=seconds, port=port))
+        plain_rate = median_rate(
+            lambda: submissions(stack, seconds=seconds, port=port, web_pid=plain.pid)
+        )
     finally:
         plain.stop()
 
@@ -111,7 +113,7 @@ def measure(stack: Stack, seconds: float = 5.0) -> SubmitResult:
     try:
         wait_ready(f"http://127.0.0.1:{port}", pair, 60)
         time.sleep(2)  # the second process of the pair starts a moment later
-        two = median_rate(lambda: submissions(stack, seconds=seconds, port=port))
+        two = median_rate(lambda: submissions(stack, seconds=seconds, port=port, web_pid=pair.pid))
     finally:
         pair.stop()
     return SubmitResult(ours, plain_rate, two, profile)
