@@ -60,7 +60,9 @@ NOTES = """How each figure is taken:
   median run), with the worker paused (SIGSTOP)
   so that the figure is the web's acceptance rate alone; the same against `bench/plain_app.py`
   (a Quart route that only calls `task.apply_async`, under Hypercorn on uvloop), and against
-  WEB_CONCURRENCY=2 on one port. py-spy samples the web during a fourth run of ours.
+  WEB_CONCURRENCY=2 on one port. py-spy samples the web during a fourth run of ours. Each run
+  also takes the CPU (utime+stime from /proc, children included) that the web, the load
+  generator and Redis spent while it lasted: the web's per submission, and each part's cores.
 - RECORD_MIN_REPLICAS: 2,000 changes recorded one after another against a master with one
   replica (both private redis-servers), acknowledged at once (0) or after Redis WAIT (1).
 

@@ -19,11 +19,12 @@ from tests.harness import ROOT, Proc, free_port, wait_ready, web_command
 
 # What a sampled stack is spent on: the first of these that any of its frames names. On a Redis
 # broker Celery makes the message and kombu its envelope on the event loop, and the record's
-# script pushes it (tasks/fast_publish.py); on another broker kombu publishes on the thread pool.
+# script pushes it (tasks/fast_publish.py) over the connection submissions share
+# (tasks/pipelined.py); on another broker kombu publishes on the thread pool.
 _CATEGORIES = [
     ("Celery/kombu (the message and its envelope)", ("kombu/", "celery/")),
-    ("the record and the push (one Lua script call, redis-py)",
-     ("record.py", "fast_publish.py", "redis/")),
+    ("the record and the push (one Lua script call on the pipelined connection)",
+     ("record.py", "fast_publish.py", "pipelined.py", "redis/")),
     ("logging", ("logging/", "logs.py")),
     ("validation and JSON (pydantic, json)", ("pydantic", "json/", "models.py", "registry.py")),
     ("HTTP (Hypercorn, Quart, h11)", ("hypercorn/", "quart/", "h11/", "werkzeug/")),
