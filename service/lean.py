@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.worker_context import EventWrapper, WorkerContext
 from quart.asgi import ASGIHTTPConnection
+from quart.utils import encode_headers
 from quart.wrappers import Body, Request
+from quart.wrappers.response import DataBody
 
 T = TypeVar("T")
 
@@ -122,6 +124,24 @@ class LeanHTTPConnection(ASGIHTTPConnection):
                 await self._send_response(send, response)
         except TimeoutError:
             pass
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        """A body already in memory (every JSON answer) goes in one message with the end of the
+        response: Quart sends it and then an empty last one, each through every ASGI wrapper
+        and h11 (~10% of a submission's HTTP time)."""
+        body = getattr(response, "response", None)
+        if type(body) is not DataBody:
+            await super()._send_response(send, response)
+            return
+        await send({
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": encode_headers(response.headers),
+        })  # fmt: skip
+        await send({
+            "type": "http.response.body", "body": body.data[body.begin : body.end],
+            "more_body": False,
+        })  # fmt: skip
 
 
 # Header pairs of responses, shared: a stream's are the same as every other stream's.

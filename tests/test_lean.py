@@ -80,3 +80,33 @@ async def test_a_lean_request_body_is_read_whole():
     body.append(b"cd")
     body.set_complete()
     assert await body == b"abcd"
+
+
+async def test_an_answer_already_in_memory_goes_out_whole_with_the_end_of_the_response(app):
+    messages: list[dict] = []
+    requested = False
+
+    async def receive() -> dict:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(3600)  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/healthz", "raw_path": b"/healthz", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"localhost")], "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 80), "extensions": {},
+    }  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
+    assert messages[0]["status"] == 200
+    body = messages[1]["body"]
+    assert messages[1]["more_body"] is False and body.startswith(b"{")
+    length = dict(messages[0]["headers"])[b"content-length"]
+    assert int(length) == len(body)
