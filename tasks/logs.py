@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 
@@ -51,9 +52,12 @@ def _one_line(text: str) -> str:
     return text.translate(_LINE_BREAKS)
 
 
+_BARE = re.compile(r"[\w\-.:/\[\]@+]+")
+
+
 def _quote(value: object) -> str:
     text = str(value)
-    if text and all(c.isalnum() or c in "-_.:/[]@+" for c in text):
+    if _BARE.fullmatch(text):
         return text
     return _one_line(json.dumps(text, ensure_ascii=False))
 
