@@ -70,6 +70,30 @@ async def test_many_calls_in_flight_each_get_their_own_reply_as_redis_py_reads_i
         await calls.close()
 
 
+async def test_a_caller_that_gives_up_leaves_the_other_replies_with_their_own_callers(
+    private_redis,
+):
+    calls = pipelined(private_redis.url)
+    admin = redis.Redis.from_url(private_redis.url)
+    try:
+        await calls.evalsha(sha(ECHO), ECHO, ["k"], ["warm", 0])
+        admin.client_pause(500, all=False)  # the replies come after the cancels below
+        pending = [
+            asyncio.ensure_future(calls.evalsha(sha(ECHO), ECHO, ["k"], [f"c{i}", i]))
+            for i in range(10)
+        ]
+        await asyncio.sleep(0.1)
+        for i in (0, 3, 4, 9):  # as a request's task is cancelled when its client goes away
+            pending[i].cancel()
+        kept = [p for i, p in enumerate(pending) if i not in (0, 3, 4, 9)]
+        replies = await asyncio.wait_for(asyncio.gather(*kept), 5)
+        assert [r[:2] for r in replies] == [[f"c{i}", i] for i in (1, 2, 5, 6, 7, 8)]
+        assert (await calls.evalsha(sha(ECHO), ECHO, ["k"], ["after", 11]))[:2] == ["after", 11]
+    finally:
+        admin.close()
+        await calls.close()
+
+
 async def test_an_error_reply_raises_for_its_caller_only_and_the_connection_goes_on(redis_url):
     calls = pipelined(redis_url)
     key = f"{new_prefix()}:n"
