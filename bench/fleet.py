@@ -8,7 +8,6 @@ workers do, pipelined), from a process of its own so that its CPU is nobody's fi
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -20,11 +19,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.stack import cpu_seconds
 from taskstream.keys import Keys
 from taskstream.record import Change, Recorder
 from tests.harness import ROOT, Service, accept_directly
-
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -47,8 +45,7 @@ class FleetResult:
 
 
 def cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / _TICK
+    return cpu_seconds(pid) * 1000
 
 
 def messages(base: str) -> int:

@@ -117,6 +117,15 @@ class Stack:
         return mine, len(clients)
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) a running process has spent, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def client_process(mode: str, **args: Any) -> subprocess.Popen[str]:
     """A load generator of its own (bench.client), reporting on stdout."""
     return subprocess.Popen(

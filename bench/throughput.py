@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from bench.stack import Stack, client_process, read_report
+from bench.stack import Stack, client_process, cpu_seconds, read_report
 
 
 @dataclass
@@ -45,15 +44,11 @@ def median_rate(measure: Callable[[], Rate], runs: int = 3) -> Rate:
     return replace(middle, runs=tuple(r.per_second for r in rates))
 
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user and system) of a process and of its descendants still running."""
     total = 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / _TICKS
+        total = cpu_seconds(pid)
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 total += tree_cpu(int(child))

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from taskstream import connections
 from taskstream.keys import Keys
 from taskstream.record import split_announcement
 from taskstream.states import TERMINAL
@@ -686,11 +687,7 @@ class Hub:
             finally:
                 self._lost()
                 if connection is not None:
-                    try:
-                        await connection.disconnect()
-                        await self._client.connection_pool.release(connection)
-                    except Exception:
-                        pass
+                    await connections.discard(self._client, connection)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             self.reconnects += 1

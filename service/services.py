@@ -81,8 +81,9 @@ class Services:
         )
         self.monitor = Monitor(self.redis, keys, s.worker_offline_seconds)
         if not s.record_min_replicas:
-            # Submissions' record-and-push calls share one connection of their own, in flight
-            # together (its WAIT-less script is the only call that goes this way).
+            # Submissions' script calls (record-and-push, the submission limit) share one
+            # connection of their own, in flight together; with RECORD_MIN_REPLICAS the record
+            # is followed by WAIT on a pooled connection instead.
             self.record.pipelined = Pipelined(
                 connections.async_client(
                     s, socket_connect_timeout=5, socket_keepalive=True, decode_responses=True

@@ -76,6 +76,17 @@ def async_client(settings: Settings, *, max_connections: int | None = None, **op
     )
 
 
+async def discard(client: Any, connection: Any) -> None:
+    """Close a connection taken from `client`'s pool to be read by a protocol of its own (the
+    hub's subscription, the pipelined script calls) and free its place in the pool. It is done
+    with: an error while closing it changes nothing."""
+    try:
+        await connection.disconnect()
+        await client.connection_pool.release(connection)
+    except Exception:
+        pass
+
+
 _kombu_connparams = kombu_redis.Channel._connparams
 
 

@@ -442,15 +442,13 @@ class AsyncRecorder(_Base):
         min_replicas, whose WAIT follows a plain record."""
         assert not self.min_replicas
         keys, args = self._record_call(change)
-        keys, args = (
-            [*keys, *list_keys],
-            [*args, payload, "" if expires_ms is None else expires_ms, len(keys)],
-        )
+        all_keys = [*keys, *list_keys]
+        all_args = [*args, payload, "" if expires_ms is None else expires_ms, len(keys)]
         script = self._record_and_push
         if self.pipelined is not None:
-            raw = await self.pipelined.evalsha(script.sha, script.script, keys, args)
+            raw = await self.pipelined.evalsha(script.sha, script.script, all_keys, all_args)
         else:
-            raw = await script(keys=keys, args=args)
+            raw = await script(keys=all_keys, args=all_args)
         return self._outcome(raw), (str(raw[3]) if len(raw) > 3 else None)
 
     async def get(self, task_id: str) -> str | None:
