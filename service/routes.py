@@ -284,8 +284,9 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
             raise _not_found(task_id)
         await _check_owner(task_id)
         snapshot = json.loads(current)
-        if after is not None and after >= snapshot["seq"] and snapshot["state"] in TERMINAL:
-            # Already seen the end: 204 tells EventSource to stop reconnecting.
+        if after == snapshot["seq"] and snapshot["state"] in TERMINAL:
+            # Already seen the end: 204 tells EventSource to stop reconnecting. (An id beyond
+            # the task's seq is from a history Redis has lost: the stream gives the task as it is.)
             cleanup()
             return _no_content()
     except BaseException:

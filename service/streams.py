@@ -129,11 +129,16 @@ async def task_stream(
     del current
     if transport is not None:
         sub.write_directly(transport, root)
+    # The highest seq heard from the hub (they come in order), and whether a change already sent
+    # was checked since the last catch-up: see _history_went_back.
+    heard = 0
+    checked = False
     while True:
         # While the stream waits, the hub may write the next changes to the client itself.
         sub.sent = sent
         item = await sub.next(options.keepalive_seconds)
-        sent = sub.sent
+        if sub.sent != sent:
+            sent = heard = sub.sent
         if item is None:
             yield sse.KEEPALIVE
             continue
@@ -146,14 +151,31 @@ async def task_stream(
             sent = caught.sent
             if caught.done:
                 return
+            checked = False
             continue
         assert isinstance(item, Announcement)
         if item.seq <= sent:
+            if item.seq <= heard or not checked:
+                checked = True
+                if await _patiently(_history_went_back, record, task_id, sent):
+                    return
+            heard = max(heard, item.seq)
             continue
+        heard = item.seq
         yield item.frame(root=root)
         sent = item.seq
         if item.terminal:
             return
+
+
+async def _history_went_back(record: AsyncRecorder, task_id: str, sent: int) -> bool:
+    """Whether the task's record is gone or behind what the stream sent: Redis lost its data
+    (FLUSHALL keeps the hub's connection, so no resync says so) and the task's seqs started
+    again. A change the stream already sent comes again from the hub only when it was announced
+    while the stream read the record, and the first of those is checked here; so is one that is
+    not higher than the last heard, which a lost history's first changes are."""
+    current = await record.get(task_id)
+    return current is None or _seq_and_state(current)[0] < sent
 
 
 @dataclass
@@ -219,6 +241,9 @@ async def global_stream(
     yield sse.retry(options.retry_ms)
     yield _epoch_event(epoch)
     seen = after
+    # The highest global seq heard from the hub: they arrive in increasing order, so one that
+    # is not higher means the history started again (FLUSHALL keeps every connection open).
+    heard = 0
     while True:
         # Catch up from the stored global log, then follow the hub.
         while True:
@@ -229,6 +254,9 @@ async def global_stream(
                 seen = g
             if len(batch) < _GLOBAL_BATCH:
                 break
+        # Changes announced while the log was read come again from the hub, already sent. The
+        # first of them is checked against the epoch: a new history's first change looks the same.
+        checked = False
         while True:
             item = await sub.next(options.keepalive_seconds)
             if item is None:
@@ -236,14 +264,24 @@ async def global_stream(
                 continue
             if item is CLOSE:
                 return
-            if not isinstance(item, Announcement) or item.global_seq > seen + 1:
-                # Redis was away (or this stream fell behind): was its history lost meanwhile?
+            suspect = (
+                isinstance(item, Announcement)
+                and item.global_seq <= seen
+                and (item.global_seq <= heard or not checked)
+            )
+            if not isinstance(item, Announcement) or item.global_seq > seen + 1 or suspect:
+                # Redis was away, this stream fell behind, or the seqs went back: was the
+                # history lost meanwhile?
                 now = await _patiently(history_epoch, record)
+                checked = True
                 if now != epoch:
-                    epoch, seen = now, 0
+                    epoch, seen, heard = now, 0, 0
                     yield _epoch_event(epoch)
-                break
+                    break
+                if not suspect:
+                    break
             assert isinstance(item, Announcement)
+            heard = max(heard, item.global_seq)
             if item.global_seq <= seen:
                 continue
             if visible(item.owner):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 
 import httpx
 import pytest
+import redis
 from httpx_sse import connect_sse
 
 from tests.harness import RedisServer, Service, poll_until_done, submit, wait_until_ready
@@ -78,4 +80,74 @@ def test_a_lost_history_is_announced_and_old_ids_replay_the_new_one(forgetful_re
         assert first[0] == 1
     finally:
         stop.set()
+        svc.stop()
+
+
+def test_a_history_flushed_while_redis_stays_up_is_announced_on_the_open_stream(
+    forgetful_redis, tmp_path
+):
+    # FLUSHALL (an operator, a script) loses every key without closing any connection: the open
+    # stream hears the new history's changes, numbered from 1 again, on the same subscription.
+    svc = Service(forgetful_redis.url, tmp_path)
+    stop = threading.Event()
+    try:
+        svc.start_worker(concurrency=1)
+        svc.start_web()
+        events: queue.Queue = queue.Queue()
+        threading.Thread(target=listen, args=(svc.url, "", events, stop), daemon=True).start()
+        kind, first_epoch = events.get(timeout=30)
+        assert kind == "epoch"
+        for _ in range(3):
+            poll_until_done(svc.url, submit(svc.url, "add", x=1, y=2)["id"])
+        old_id = next_of(events, lambda e: e[0] != "epoch" and e[0] >= 12)[0]
+
+        redis.Redis.from_url(forgetful_redis.url).flushall()
+        new_task = submit(svc.url, "add", x=2, y=2)["id"]
+        poll_until_done(svc.url, new_task)
+        kind, second_epoch = next_of(events, lambda e: e[0] == "epoch", wait=15)
+        assert second_epoch != first_epoch
+        # Every change of the new history, from its first: none skipped as already sent.
+        after_reset = [next_of(events, lambda e: e[0] != "epoch", wait=15) for _ in range(4)]
+        assert [e[0] for e in after_reset] == [1, 2, 3, 4]
+        assert {e[1] for e in after_reset} == {new_task}
+        assert after_reset[-1][0] < old_id
+    finally:
+        stop.set()
+        svc.stop()
+
+
+def test_a_task_stream_ends_when_its_history_is_flushed_and_resuming_gives_the_task_as_it_is(
+    forgetful_redis, tmp_path
+):
+    # The worker records the task again after FLUSHALL (from seq 1): the open stream, which sent
+    # seqs up to 4 or more, must not wait for ever on changes it takes for ones already sent.
+    svc = Service(forgetful_redis.url, tmp_path)
+    try:
+        svc.start_worker(concurrency=1)
+        svc.start_web()
+        task = submit(svc.url, "sleep", seconds=4, steps=8)["id"]
+        ids: list[int] = []
+        flushed_at = None
+        with (
+            httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client,
+            connect_sse(client, "GET", f"{svc.url}/tasks/{task}/events") as source,
+        ):
+            for event in source.iter_sse():
+                if event.id:
+                    ids.append(int(event.id))
+                if flushed_at is None and ids and ids[-1] >= 4:
+                    redis.Redis.from_url(forgetful_redis.url).flushall()
+                    flushed_at = time.monotonic()
+        assert flushed_at is not None
+        assert time.monotonic() - flushed_at < 15  # ended, not left waiting
+        assert ids == sorted(ids) and ids[-1] < 9  # no terminal change of the old history
+        final = poll_until_done(svc.url, task)
+        assert final["state"] == "SUCCESS" and final["seq"] < ids[-1]
+        # Resuming with the last id it had: the task as it now is, and the end.
+        resumed = httpx.get(
+            f"{svc.url}/tasks/{task}/events", headers={"Last-Event-ID": str(ids[-1])}, timeout=30
+        )
+        frames = [line for line in resumed.text.splitlines() if line.startswith("id: ")]
+        assert frames == [f"id: {final['seq']}"]
+    finally:
         svc.stop()
