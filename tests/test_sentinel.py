@@ -51,11 +51,14 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
         replica.start()
     port = free_port()
     conf = tmp_path / "sentinel.conf"
-    # Small timeouts, so that the whole failover takes a couple of seconds.
+    # Small timeouts, so that the whole failover takes a few seconds. Not below two seconds to
+    # call a master down: a sentinel pings an instance a second after it links to it, and it
+    # counts the wait from the link, so at one second or less a master promoted a moment ago
+    # can be taken for dead before its first ping, and a second failover splits the history.
     conf.write_text(
         f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
         f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} 500\n"
+        f"sentinel down-after-milliseconds {MASTER} 2000\n"
         f"sentinel failover-timeout {MASTER} 4000\n"
         f"sentinel parallel-syncs {MASTER} 2\n"
     )
