@@ -60,6 +60,9 @@ class FollowStats:
     skipped: int = 0
     # Polls made while streaming was failing.
     polls: int = 0
+    # Times the service was found to have lost the task's history (Redis lost its data, and a
+    # worker recorded the task again from seq 1): its seq went back.
+    resets: int = 0
 
 
 # --- the steps the plan asks for, and what each is answered with -------------------------------
@@ -182,9 +185,19 @@ class Plan:
                 f"gave up after {self.options.patience:g}s without the service: {reason}"
             )
 
-    def _offer(self, snap: Any, streamed: bool) -> Generator[Step, Any, bool]:
-        """Emit `snap` if it is new; True once the task has ended."""
+    def _offer(self, snap: Any, streamed: bool, fresh: bool = True) -> Generator[Step, Any, bool]:
+        """Emit `snap` if it is new; True once the task has ended. `fresh`: the task as the service
+        has it now (a read, or a resumed stream's first event), which can show a lost history."""
         seq, state = int(snap["seq"]), str(snap["state"])
+        if fresh and seq < self.last_seq:
+            # A task's seq never goes back: the service lost what was shown (the last seq shown
+            # belongs to a history that is gone). Show the task as it now is.
+            yield Notice(
+                f"the service lost this task's history (seq {self.last_seq}, now {seq}); "
+                "showing the task as it now is"
+            )
+            self.stats.resets += 1
+            self.last_seq = seq - 1
         if seq > self.last_seq:
             if self.last_seq or self.after is not None:
                 self.stats.skipped += seq - self.last_seq - 1
@@ -211,11 +224,15 @@ class Plan:
                 return (yield from self._offer(snap, streamed=False))
             if status != 200:
                 raise _StreamFailed(f"unexpected answer {status}")
+            first = True
             while (event := (yield Read())) is not None:
                 if event.retry is not None:
                     self._retry_cap = max(event.retry / 1000, self.options.backoff)
-                if event.data and (yield from self._offer(json.loads(event.data), streamed=True)):
+                if not event.data:
+                    continue
+                if (yield from self._offer(json.loads(event.data), streamed=True, fresh=first)):
                     return True
+                first = False
             return False
         except Unreachable as exc:
             raise _StreamFailed(str(exc)) from None

@@ -89,6 +89,9 @@ class Stream:
     status: int = 200
     repeat_first: bool = False
     garbage: bool = False
+    # The service lost the task's history and recorded it again: the stream starts at this seq,
+    # whatever Last-Event-ID says (the task as it now is).
+    lost_to: int | None = None
 
 
 @dataclass
@@ -132,6 +135,8 @@ class FakeService:
             return httpx.Response(204)
         if script.repeat_first and last:
             start -= 1
+        if script.lost_to is not None:
+            start = script.lost_to
         end = LAST if script.count is None else min(LAST, start + script.count - 1)
         chunks = [b"retry: 2000\n\n"]
         for seq in range(start, end + 1):
@@ -222,6 +227,18 @@ def test_a_repeated_change_is_dropped_and_counted(kind):
     result = run(kind, service, Clock())
     assert seqs(result) == list(range(1, LAST + 1))
     assert result.stats.repeated == 1
+
+
+@KINDS
+def test_a_lost_history_is_said_and_the_task_shown_as_it_now_is(kind):
+    # Shown up to 5, then Redis lost its data and the task was recorded again: the resumed
+    # stream starts at 3 (its current snapshot), not after 5.
+    service = FakeService([Stream(count=5), Stream(lost_to=3)])
+    result = run(kind, service, Clock())
+    assert seqs(result) == [1, 2, 3, 4, 5, 3, 4, 5, 6, 7]
+    assert result.final == snapshot(LAST)
+    assert result.stats.resets == 1 and result.stats.repeated == 0
+    assert any("lost this task's history" in n for n in result.notices)
 
 
 @KINDS
