@@ -7,6 +7,7 @@ import sys
 import time
 
 from bench import (
+    cores,
     fleet,
     floor,
     hub_cost,
@@ -63,6 +64,9 @@ NOTES = """How each figure is taken:
   WEB_CONCURRENCY=2 on one port. py-spy samples the web during a fourth run of ours. Each run
   also takes the CPU (utime+stime from /proc, children included) that the web, the load
   generator and Redis spent while it lasted: the web's per submission, and each part's cores.
+- The machine's own scaling: `bench/cores.py` times the same CPU-bound Python work (JSON in
+  and out) in one process, then in two at once, three times, before anything else starts; two
+  web processes cannot gain more than that over one.
 - RECORD_MIN_REPLICAS: 2,000 changes recorded one after another against a master with one
   replica (both private redis-servers), acknowledged at once (0) or after Redis WAIT (1).
 
@@ -85,6 +89,8 @@ def main() -> int:
         return 2
     load = os.getloadavg()
     started = time.monotonic()
+    print("the machine's cores: one CPU-bound process, then two at once ...", flush=True)
+    core_scaling = cores.measure()
     stack = Stack()
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
     stack.start()
@@ -112,7 +118,9 @@ def main() -> int:
         stack.stop()
     print("RECORD_MIN_REPLICAS: a master and a replica ...", flush=True)
     rep = replicas.measure()
-    figures = report.Figures(many, lat, lat_alone, opens, subs, hub, crowd, rep, floor_ms)
+    figures = report.Figures(
+        many, lat, lat_alone, opens, subs, hub, crowd, rep, floor_ms, core_scaling
+    )
     text = report.write(figures, NOTES, load)
     print()
     print(text)

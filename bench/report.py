@@ -64,6 +64,7 @@ class Figures:
     fleet: FleetResult
     replicas: ReplicaCost
     floor_ms: list[float]  # bench.floor: the spread a bare uvloop loop achieves here
+    core_scaling: list[float]  # bench.cores: two CPU-bound processes' work over one's
 
 
 def rows(f: Figures) -> list[tuple[str, ...]]:
@@ -135,6 +136,8 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
         ("... two web processes (WEB_CONCURRENCY=2) on the port",
          f"{subs.two.with_runs()}: {subs.scaling:.2f}x one; {_cpu(subs.two)}", "~2x",
          _ok(subs.scaling >= 1.8)),
+        ("... the machine's own: two CPU-bound Python processes at once, over one",
+         ", ".join(f"{x:.2f}x" for x in f.core_scaling), "", ""),
         ("record one change, RECORD_MIN_REPLICAS=0 / 1 (p50)",
          f"{rep.p50_ms[0]:.2f} / {rep.p50_ms[1]:.2f} ms", "measured", ""),
         ("record one change, RECORD_MIN_REPLICAS=0 / 1 (p99)",
