@@ -114,6 +114,7 @@ class Proxy:
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -123,7 +124,8 @@ class Proxy:
         listener = socket.create_server(("127.0.0.1", self.port))
         listener.settimeout(0.05)
         self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._acceptor.start()
         return self
 
     def stop(self) -> None:
@@ -131,6 +133,12 @@ class Proxy:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        # The port is free only once the accept thread's wait on the old socket has returned:
+        # until then the kernel keeps that socket listening (on a loaded machine, past a short
+        # drop's downtime: the restart on the same port failed with EADDRINUSE).
+        if self._acceptor is not None:
+            self._acceptor.join(5)
+            self._acceptor = None
         with self._lock:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
