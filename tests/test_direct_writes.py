@@ -30,7 +30,6 @@ from tests.harness import (
     make_certificates,
     metric,
     python,
-    read_stream,
 )
 
 
@@ -88,20 +87,42 @@ class RawStream:
         self.sock.close()
 
 
+def _followers(
+    base: str, task_id: str, n: int
+) -> tuple[list[list[tuple[int, dict]]], list[threading.Thread], threading.Semaphore]:
+    """`n` threads reading the task's stream (started), their events, and a semaphore each
+    releases once it has read its first event."""
+    results: list[list[tuple[int, dict]]] = [[] for _ in range(n)]
+    first_read = threading.Semaphore(0)
+
+    def follow(events: list[tuple[int, dict]]) -> None:
+        with (
+            httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client,
+            connect_sse(client, "GET", f"{base}/tasks/{task_id}/events") as source,
+        ):
+            for sse in source.iter_sse():
+                if sse.data:
+                    events.append((int(sse.id), json.loads(sse.data)))
+                    if len(events) == 1:
+                        first_read.release()
+
+    readers = [threading.Thread(target=follow, args=(events,)) for events in results]
+    for reader in readers:
+        reader.start()
+    return results, readers, first_read
+
+
 def test_many_streams_get_every_change_in_order_written_directly(make_service):
     svc = make_service()
     svc.start_web()
     recorder = direct_recorder(svc)
     task_id = accept_directly(recorder)
     streams = 40
-    results: list[list[tuple[int, dict]]] = [[] for _ in range(streams)]
-    readers = [
-        threading.Thread(target=lambda i=i: results[i].extend(read_stream(svc.url, task_id)))
-        for i in range(streams)
-    ]
-    for reader in readers:
-        reader.start()
-    _wait_for(lambda: metric(svc.url, "open_streams") == streams)
+    results, readers, first_read = _followers(svc.url, task_id, streams)
+    # A stream counts as open before it has read the task: the changes start once every
+    # stream has the first snapshot (seq 1), or a stream would rightly start at a later one.
+    for _ in readers:
+        assert first_read.acquire(timeout=30), "a stream sent nothing"
     written_before = metric(svc.url, "events_written_directly_total")
 
     for n in range(1, 21):
@@ -230,6 +251,9 @@ def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_ser
         base = f"https://127.0.0.1:{port}"
         task_id = accept_directly(recorder)
         got: dict[str, list[tuple[int, dict]]] = {}
+        # A stream counts as open before it has read the task: the changes start once both
+        # have the first snapshot (seq 1), or a stream would rightly start at a later one.
+        first_read = threading.Semaphore(0)
 
         def follow(http2: bool) -> None:
             events: list[tuple[int, dict]] = []
@@ -240,12 +264,15 @@ def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_ser
                 for sse in source.iter_sse():
                     if sse.data:
                         events.append((int(sse.id), json.loads(sse.data)))
+                        if len(events) == 1:
+                            first_read.release()
                 got[source.response.http_version] = events
 
         readers = [threading.Thread(target=follow, args=(h2,)) for h2 in (False, True)]
         for reader in readers:
             reader.start()
-        _wait_for(lambda: metric(base, "open_streams", verify=ca) == 2)
+        for _ in readers:
+            assert first_read.acquire(timeout=30), "a stream sent nothing"
         for n in range(1, 6):
             recorder.record(Change(task_id, _progress(n)))
             time.sleep(0.02)
