@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
@@ -87,29 +88,47 @@ class RawStream:
         self.sock.close()
 
 
-def _followers(
-    base: str, task_id: str, n: int
-) -> tuple[list[list[tuple[int, dict]]], list[threading.Thread], threading.Semaphore]:
-    """`n` threads reading the task's stream (started), their events, and a semaphore each
-    releases once it has read its first event."""
-    results: list[list[tuple[int, dict]]] = [[] for _ in range(n)]
-    first_read = threading.Semaphore(0)
+class Followers:
+    """Threads reading a task's stream, one per set of httpx.Client options, started at once.
 
-    def follow(events: list[tuple[int, dict]]) -> None:
+    A stream counts as open (open_streams) from its subscription, before it has read the task:
+    a test that records changes must first `wait_first`, or a stream would rightly start at a
+    later snapshot than seq 1.
+    """
+
+    def __init__(self, base: str, task_id: str, clients: list[dict[str, Any]]):
+        self.url = f"{base}/tasks/{task_id}/events"
+        self.events: list[list[tuple[int, dict]]] = [[] for _ in clients]
+        self.versions: list[str] = ["" for _ in clients]
+        self._first = threading.Semaphore(0)
+        self._readers = [
+            threading.Thread(target=self._follow, args=(i, options))
+            for i, options in enumerate(clients)
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _follow(self, index: int, options: dict[str, Any]) -> None:
+        events = self.events[index]
         with (
-            httpx.Client(timeout=httpx.Timeout(60, connect=5)) as client,
-            connect_sse(client, "GET", f"{base}/tasks/{task_id}/events") as source,
+            httpx.Client(**{"timeout": httpx.Timeout(60, connect=5), **options}) as client,
+            connect_sse(client, "GET", self.url) as source,
         ):
+            self.versions[index] = source.response.http_version
             for sse in source.iter_sse():
                 if sse.data:
                     events.append((int(sse.id), json.loads(sse.data)))
                     if len(events) == 1:
-                        first_read.release()
+                        self._first.release()
 
-    readers = [threading.Thread(target=follow, args=(events,)) for events in results]
-    for reader in readers:
-        reader.start()
-    return results, readers, first_read
+    def wait_first(self) -> None:
+        """Until every stream has read its first event."""
+        for _ in self._readers:
+            assert self._first.acquire(timeout=30), "a stream sent nothing"
+
+    def join(self) -> None:
+        for reader in self._readers:
+            reader.join(30)
 
 
 def test_many_streams_get_every_change_in_order_written_directly(make_service):
@@ -118,22 +137,18 @@ def test_many_streams_get_every_change_in_order_written_directly(make_service):
     recorder = direct_recorder(svc)
     task_id = accept_directly(recorder)
     streams = 40
-    results, readers, first_read = _followers(svc.url, task_id, streams)
-    # A stream counts as open before it has read the task: the changes start once every
-    # stream has the first snapshot (seq 1), or a stream would rightly start at a later one.
-    for _ in readers:
-        assert first_read.acquire(timeout=30), "a stream sent nothing"
+    followers = Followers(svc.url, task_id, [{} for _ in range(streams)])
+    followers.wait_first()
     written_before = metric(svc.url, "events_written_directly_total")
 
     for n in range(1, 21):
         recorder.record(Change(task_id, _progress(n)))
         time.sleep(0.02)
     recorder.record(Change(task_id, {"state": "SUCCESS", "result": 42}))
-    for reader in readers:
-        reader.join(30)
+    followers.join()
     recorder.client.close()
 
-    for events in results:
+    for events in followers.events:
         assert_contiguous([seq for seq, _ in events], first=1)
         assert [e["progress"]["current"] for _, e in events[1:-1]] == list(range(1, 21))
         assert events[-1][1]["state"] == "SUCCESS"
@@ -250,37 +265,16 @@ def test_over_tls_http_1_1_is_written_directly_and_http_2_the_usual_way(make_ser
     with served_over_tls(svc, tmp_path) as (port, ca):
         base = f"https://127.0.0.1:{port}"
         task_id = accept_directly(recorder)
-        got: dict[str, list[tuple[int, dict]]] = {}
-        # A stream counts as open before it has read the task: the changes start once both
-        # have the first snapshot (seq 1), or a stream would rightly start at a later one.
-        first_read = threading.Semaphore(0)
-
-        def follow(http2: bool) -> None:
-            events: list[tuple[int, dict]] = []
-            with (
-                httpx.Client(verify=ca, http2=http2, timeout=30) as client,
-                connect_sse(client, "GET", f"{base}/tasks/{task_id}/events") as source,
-            ):
-                for sse in source.iter_sse():
-                    if sse.data:
-                        events.append((int(sse.id), json.loads(sse.data)))
-                        if len(events) == 1:
-                            first_read.release()
-                got[source.response.http_version] = events
-
-        readers = [threading.Thread(target=follow, args=(h2,)) for h2 in (False, True)]
-        for reader in readers:
-            reader.start()
-        for _ in readers:
-            assert first_read.acquire(timeout=30), "a stream sent nothing"
+        # HTTP/1.1 and HTTP/2 (ALPN), each reading the same events.
+        followers = Followers(base, task_id, [{"verify": ca, "http2": h2} for h2 in (False, True)])
+        followers.wait_first()
         for n in range(1, 6):
             recorder.record(Change(task_id, _progress(n)))
             time.sleep(0.02)
         recorder.record(Change(task_id, {"state": "SUCCESS", "result": 1}))
-        for reader in readers:
-            reader.join(30)
-        assert sorted(got) == ["HTTP/1.1", "HTTP/2"]
-        for events in got.values():
+        followers.join()
+        assert followers.versions == ["HTTP/1.1", "HTTP/2"]
+        for events in followers.events:
             assert [seq for seq, _ in events] == list(range(1, 8))
             assert events[-1][1]["state"] == "SUCCESS"
         # Six changes to the HTTP/1.1 stream written directly; none to the HTTP/2 one.

@@ -45,18 +45,25 @@ def next_of(events: queue.Queue, predicate, wait: float = 30.0):
             return item
 
 
+def _listening_after_three_tasks(svc: Service, stop: threading.Event) -> tuple[queue.Queue, str]:
+    """Start the service, open GET /events (its first event: the epoch), and run three tasks:
+    the events heard, and that first epoch."""
+    svc.start_worker(concurrency=1)
+    svc.start_web()
+    events: queue.Queue = queue.Queue()
+    threading.Thread(target=listen, args=(svc.url, "", events, stop), daemon=True).start()
+    kind, epoch = events.get(timeout=30)
+    assert kind == "epoch" and epoch
+    for _ in range(3):
+        poll_until_done(svc.url, submit(svc.url, "add", x=1, y=2)["id"])
+    return events, epoch
+
+
 def test_a_lost_history_is_announced_and_old_ids_replay_the_new_one(forgetful_redis, tmp_path):
     svc = Service(forgetful_redis.url, tmp_path)
     stop = threading.Event()
     try:
-        svc.start_worker(concurrency=1)
-        svc.start_web()
-        events: queue.Queue = queue.Queue()
-        threading.Thread(target=listen, args=(svc.url, "", events, stop), daemon=True).start()
-        kind, first_epoch = events.get(timeout=30)
-        assert kind == "epoch" and first_epoch
-        for _ in range(3):
-            poll_until_done(svc.url, submit(svc.url, "add", x=1, y=2)["id"])
+        events, first_epoch = _listening_after_three_tasks(svc, stop)
         before = next_of(events, lambda e: e[0] != "epoch" and e[0] >= 12)
         old_id = before[0]
 
@@ -64,7 +71,7 @@ def test_a_lost_history_is_announced_and_old_ids_replay_the_new_one(forgetful_re
         assert wait_until_ready(svc.url, 30)
         new_task = submit(svc.url, "add", x=2, y=2)["id"]
         # The open stream announces the new history, then carries its changes from id 1.
-        kind, second_epoch = next_of(events, lambda e: e[0] == "epoch")
+        _, second_epoch = next_of(events, lambda e: e[0] == "epoch")
         assert second_epoch != first_epoch
         after_reset = next_of(events, lambda e: e[1] == new_task)
         assert after_reset[0] < old_id
@@ -91,20 +98,13 @@ def test_a_history_flushed_while_redis_stays_up_is_announced_on_the_open_stream(
     svc = Service(forgetful_redis.url, tmp_path)
     stop = threading.Event()
     try:
-        svc.start_worker(concurrency=1)
-        svc.start_web()
-        events: queue.Queue = queue.Queue()
-        threading.Thread(target=listen, args=(svc.url, "", events, stop), daemon=True).start()
-        kind, first_epoch = events.get(timeout=30)
-        assert kind == "epoch"
-        for _ in range(3):
-            poll_until_done(svc.url, submit(svc.url, "add", x=1, y=2)["id"])
+        events, first_epoch = _listening_after_three_tasks(svc, stop)
         old_id = next_of(events, lambda e: e[0] != "epoch" and e[0] >= 12)[0]
 
         redis.Redis.from_url(forgetful_redis.url).flushall()
         new_task = submit(svc.url, "add", x=2, y=2)["id"]
         poll_until_done(svc.url, new_task)
-        kind, second_epoch = next_of(events, lambda e: e[0] == "epoch", wait=15)
+        _, second_epoch = next_of(events, lambda e: e[0] == "epoch", wait=15)
         assert second_epoch != first_epoch
         # Every change of the new history, from its first: none skipped as already sent.
         after_reset = [next_of(events, lambda e: e[0] != "epoch", wait=15) for _ in range(4)]
