@@ -45,11 +45,16 @@ NOTES = """How each figure is taken:
   before, divided by the streams. Redis connections are those in Redis's `CLIENT LIST` whose
   address is a socket of that process. Then the worker resumes and the task runs: received,
   started, six progress changes a second apart, and SUCCESS, which ends every stream. The
-  spread of a change is the time from the first stream's receipt to the last one's.
+  spread of a change is the time from the first stream's receipt to the last one's, by the
+  kernel's receive stamps (SO_TIMESTAMPNS: on loopback, taken inside the server's send), so
+  that it is the server's, not the clients' catching up on the core the server leaves them;
+  the same spread by the clients' reads is shown next to it.
 - The floor: `bench/floor.py`, a uvloop server of a few lines with nothing else in it, writes
   six events of the same size to 10,000 sockets held by the same clients; its spread is what
   one process on this machine can do at best (on loopback, the kernel's send also delivers to
-  the receiving socket and wakes its reader).
+  the receiving socket and wakes its reader). Under it, the kernel's send alone: one process
+  sends the same event to each of 2,000 of its own loopback connections, which nobody reads,
+  five times; the figure is the median µs per send.
 - Latency: 5 streams follow a `sleep` task of 500 steps of 10 ms, first with nothing else open,
   then while 5,000 other streams (held by batch clients, as above) are open on another task
   that changes every second (each of its changes is written to all 5,000 while the 5 are
@@ -91,6 +96,8 @@ def main() -> int:
     started = time.monotonic()
     print("the machine's cores: one CPU-bound process, then two at once ...", flush=True)
     core_scaling = cores.measure()
+    print("the kernel's loopback send, alone ...", flush=True)
+    send_us = floor.send_cost()
     stack = Stack()
     print(f"starting Redis, a worker and one web process (logs in {stack.logdir})", flush=True)
     stack.start()
@@ -100,7 +107,7 @@ def main() -> int:
         print("open streams: 10,000 on one task ...", flush=True)
         many = streams.measure(stack, n=10_000)
         print("the same spread from a bare uvloop loop (the floor) ...", flush=True)
-        floor_ms = floor.measure(free_port())
+        floor_ms, floor_read_ms = floor.measure(free_port())
         print("latency: 500 changes, 5 streams, nothing else open ...", flush=True)
         lat_alone = latency.measure(stack)
         print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
@@ -119,7 +126,18 @@ def main() -> int:
     print("RECORD_MIN_REPLICAS: a master and a replica ...", flush=True)
     rep = replicas.measure()
     figures = report.Figures(
-        many, lat, lat_alone, opens, subs, hub, crowd, rep, floor_ms, core_scaling
+        many,
+        lat,
+        lat_alone,
+        opens,
+        subs,
+        hub,
+        crowd,
+        rep,
+        floor_ms,
+        floor_read_ms,
+        send_us,
+        core_scaling,
     )
     text = report.write(figures, NOTES, load)
     print()

@@ -9,6 +9,13 @@ in the raw bytes and a regular expression finds them without decoding the chunki
 
 Times are `time.monotonic()` (CLOCK_MONOTONIC is one clock for every process on the machine) and,
 for latency against the snapshot's `updated_at`, `time.time()`.
+
+The streams held for the spread (`hold`) note two times for each event: when the kernel put its
+bytes on the client's socket (SO_TIMESTAMPNS, stamped on loopback inside the server's send), and
+when this process read them. On a machine of 2 cores the clients of 10,000 streams read on the
+core the server leaves them, so their reads trail the server by as long as they take; the
+kernel's stamp is when the change reached the client, as a client on a machine of its own would
+read it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import asyncio
 import json
 import os
 import re
+import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +36,10 @@ from taskstream.web.launch import raise_open_file_limit
 
 _EVENT = re.compile(rb"\nid: (\d+)\ndata: ([^\n]*)\n\n")
 _KEEP_TAIL = 4096
+# Linux's values; Python's socket module does not name them.
+_SO_TIMESTAMPNS = 35
+_SCM_TIMESTAMPNS = 35
+_STAMP = struct.Struct("qq")  # struct timespec, CLOCK_REALTIME
 
 
 def emit(**fields: Any) -> None:
@@ -65,7 +78,10 @@ class SSE(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        wall = time.time()
+        self.feed(data, now, now, time.time())
+
+    def feed(self, data: bytes, arrived: float, now: float, wall: float) -> None:
+        """`arrived`: when the bytes reached the socket; `now`: when they were read (monotonic)."""
         buf = self.buf + data
         if self.status_ok is None:
             if len(buf) < 12:
@@ -74,8 +90,7 @@ class SSE(asyncio.Protocol):
             self.status_ok = buf.startswith(b"HTTP/1.1 200")
             if not self.status_ok:
                 self.owner.errors += 1
-                assert self.transport is not None
-                self.transport.close()
+                self.close()
                 return
         end = 0
         for match in _EVENT.finditer(buf):
@@ -84,13 +99,21 @@ class SSE(asyncio.Protocol):
             if not self.first.done():
                 self.first.set_result(None)
             self.owner.received(
-                self, int(match.group(1)), now, wall, match.group(2) if self.keep_data else None
+                self,
+                int(match.group(1)),
+                arrived,
+                now,
+                wall,
+                match.group(2) if self.keep_data else None,
             )
             if self.close_after_first:
-                assert self.transport is not None
-                self.transport.close()
+                self.close()
                 break
         self.buf = buf[end:] if end else buf[-_KEEP_TAIL:]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -99,11 +122,67 @@ class SSE(asyncio.Protocol):
             self.first.set_result(None)
 
 
+class StampedSSE(SSE):
+    """A stream read straight from its socket with recvmsg, for the kernel's arrival stamp."""
+
+    # CLOCK_REALTIME minus CLOCK_MONOTONIC, to put the kernel's stamps on the monotonic clock.
+    _offset = time.time() - time.monotonic()
+
+    async def connect(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self.sock: socket.socket | None = sock
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, self.request)
+        except OSError:
+            self.close()
+            raise
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        assert self.sock is not None
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(_STAMP.size))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, ancillary = b"", []
+        if not data:
+            self.close()
+            return
+        now = time.monotonic()
+        arrived = now
+        for level, kind, raw in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS:
+                sec, nsec = _STAMP.unpack(raw[: _STAMP.size])
+                arrived = sec + nsec / 1e9 - self._offset
+        self.feed(data, arrived, now, time.time())
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        if sock.fileno() >= 0:
+            try:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            except RuntimeError:  # the loop has gone: the socket goes with the process
+                pass
+        sock.close()
+        self.connection_lost(None)
+
+
 @dataclass
 class SeqStat:
+    """One event id over the streams: how many got it; first and last arrival, and read."""
+
     count: int = 0
     first: float = 0.0
     last: float = 0.0
+    first_read: float = 0.0
+    last_read: float = 0.0
 
 
 @dataclass
@@ -122,13 +201,18 @@ class Streams:
     seqs: dict[int, SeqStat] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     skip_first: bool = True
+    stamped: bool = False  # read with the kernel's arrival stamps (StampedSSE)
 
-    def received(self, conn: SSE, seq: int, now: float, wall: float, data: bytes | None) -> None:
+    def received(
+        self, conn: SSE, seq: int, arrived: float, now: float, wall: float, data: bytes | None
+    ) -> None:
         stat = self.seqs.get(seq)
         if stat is None:
-            stat = self.seqs[seq] = SeqStat(0, now, now)
+            stat = self.seqs[seq] = SeqStat(0, arrived, arrived, now, now)
         stat.count += 1
-        stat.last = now
+        stat.first = min(stat.first, arrived)
+        stat.last = max(stat.last, arrived)
+        stat.last_read = now
         if conn.events == 1:
             self.first_events += 1
             if self.first_events >= self.target:
@@ -142,6 +226,10 @@ class Streams:
     async def open(self) -> SSE:
         loop = asyncio.get_running_loop()
         request = stream_request(self.host, self.port, self.path)
+        if self.stamped:
+            conn = StampedSSE(self, request, self.keep_data, self.close_after_first)
+            await conn.connect(self.host, self.port)
+            return conn
         _, proto = await loop.create_connection(
             lambda: SSE(self, request, self.keep_data, self.close_after_first),
             self.host,
@@ -163,8 +251,8 @@ class Streams:
                         # Hold the gate until the server has answered: fewer half-open accepts.
                         await asyncio.wait_for(asyncio.shield(conn.first), 30)
                     except (OSError, TimeoutError):
-                        if conn is not None and conn.transport is not None:
-                            conn.transport.close()
+                        if conn is not None:
+                            conn.close()
                         await asyncio.sleep(0.05 * (attempt + 1))
                         continue
                     if conn.events:
@@ -192,7 +280,7 @@ def yield_to_the_server() -> None:
 async def hold_streams(args: dict[str, Any]) -> None:
     """Open `n` streams, say so, then keep them until the server ends them (or `seconds`)."""
     yield_to_the_server()
-    streams = Streams(args["host"], args["port"], args["path"])
+    streams = Streams(args["host"], args["port"], args["path"], stamped=True)
     started = time.monotonic()
     conns = await streams.open_many(args["n"], args.get("parallel", 200))
     emit(
@@ -205,14 +293,17 @@ async def hold_streams(args: dict[str, Any]) -> None:
     pending = [c.done for c in conns]
     if pending:
         await asyncio.wait(pending, timeout=args.get("seconds", 120))
+    ended = sum(1 for c in conns if c.done.done())
     for conn in conns:
-        if conn.transport is not None:
-            conn.transport.close()
+        conn.close()
     emit(
         kind="done",
         errors=streams.errors,
-        ended=sum(1 for c in conns if c.done.done()),
-        seqs={s: [v.count, v.first, v.last] for s, v in streams.seqs.items()},
+        ended=ended,
+        seqs={
+            s: [v.count, v.first, v.last, v.first_read, v.last_read]
+            for s, v in streams.seqs.items()
+        },
     )
 
 

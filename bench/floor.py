@@ -7,18 +7,24 @@ events 2..7 of SIZE bytes to all of them, a second apart, then ends every respon
 each event over the clients (bench.client's `hold`, as for the service) is what one process on
 this machine can do at best: the kernel's send on loopback also delivers to the receiving socket
 and wakes its reader.
+
+`send_cost` is the kernel's part alone: one process sends an event of SIZE bytes to each of its
+own loopback connections, no reader anywhere, and times the sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 import uvloop
 
-from bench.stack import ROOT, hold_clients, merge_receipts, read_report
+from bench.stack import ROOT, hold_clients, merge_receipts, read_report, spread_ms
 from taskstream.web.launch import raise_open_file_limit
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -62,8 +68,11 @@ async def _serve(port: int, streams: int, size: int) -> None:
     server.close()
 
 
-def measure(port: int, streams: int = 10_000, size: int = 420, clients: int = 2) -> list[float]:
-    """The spread (ms) of each of the floor server's events over `streams` client sockets."""
+def measure(
+    port: int, streams: int = 10_000, size: int = 420, clients: int = 2
+) -> tuple[list[float], list[float]]:
+    """The spread (ms) of each of the floor server's events over `streams` client sockets: by
+    the kernel's arrival stamps, and by the clients' reads."""
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.floor", str(port), str(streams), str(size)], cwd=ROOT
     )
@@ -75,7 +84,34 @@ def measure(port: int, streams: int = 10_000, size: int = 420, clients: int = 2)
     finally:
         server.wait(30)
     merged = merge_receipts(dones)
-    return [(m[2] - m[1]) * 1000 for s, m in sorted(merged.items()) if s > 1 and m[0] == streams]
+    whole = [m for s, m in sorted(merged.items()) if s > 1 and m[0] == streams]
+    return [spread_ms(m) for m in whole], [spread_ms(m, read=True) for m in whole]
+
+
+def send_cost(sockets: int = 2_000, size: int = 420, rounds: int = 5) -> float:
+    """µs per send of one event on a loopback TCP socket that nobody reads (median of rounds)."""
+    data = _chunk(2, size)
+    with socket.create_server(("127.0.0.1", 0), backlog=sockets) as server:
+        pairs: list[tuple[socket.socket, socket.socket]] = []
+        try:
+            for _ in range(sockets):
+                client = socket.create_connection(server.getsockname())
+                sent, _ = server.accept()
+                sent.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pairs.append((sent, client))
+            per_send = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                for sent, _ in pairs:
+                    sent.send(data)
+                per_send.append((time.perf_counter() - started) / sockets * 1e6)
+                for _, client in pairs:
+                    client.recv(65536)
+        finally:
+            for sent, client in pairs:
+                sent.close()
+                client.close()
+    return statistics.median(per_send)
 
 
 if __name__ == "__main__":

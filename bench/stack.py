@@ -164,15 +164,23 @@ def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[
 
 
 def merge_receipts(dones: list[dict[str, Any]]) -> dict[int, list[float]]:
-    """Per event id, over the `done` reports of `hold` clients: [receipts, first, last]."""
+    """Per event id, over the `done` reports of `hold` clients:
+    [receipts, first arrival, last arrival, first read, last read]."""
     merged: dict[int, list[float]] = {}
     for done in dones:
-        for seq, (count, first, last) in done["seqs"].items():
-            m = merged.setdefault(int(seq), [0, first, last])
+        for seq, (count, first, last, first_read, last_read) in done["seqs"].items():
+            m = merged.setdefault(int(seq), [0, first, last, first_read, last_read])
             m[0] += count
             m[1] = min(m[1], first)
             m[2] = max(m[2], last)
+            m[3] = min(m[3], first_read)
+            m[4] = max(m[4], last_read)
     return merged
+
+
+def spread_ms(receipts: list[float], read: bool = False) -> float:
+    """First to last stream: by the kernel's arrival stamps, or (`read`) by the clients' reads."""
+    return (receipts[4] - receipts[3] if read else receipts[2] - receipts[1]) * 1000
 
 
 def _status_kb(pid: int, key: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench.stack import Stack, hold_clients, merge_receipts, read_report
+from bench.stack import Stack, hold_clients, merge_receipts, read_report, spread_ms
 
 
 @dataclass
@@ -19,8 +19,10 @@ class StreamsResult:
     redis_before: int
     redis_after: int
     redis_total_after: int
-    spreads_ms: list[float]
+    spreads_ms: list[float]  # by the kernel's arrival stamps on the clients' sockets
     terminal_spread_ms: float | None
+    read_spreads_ms: list[float]  # by the times the client processes read them
+    terminal_read_spread_ms: float | None
     incomplete_events: int
     errors: int
 
@@ -63,16 +65,12 @@ def measure(
         p.wait(30)
 
     merged = merge_receipts(dones)
-    live = sorted(s for s, (_, first, _) in merged.items() if first > measured_at)
+    live = sorted(s for s, m in merged.items() if m[1] > measured_at)
     incomplete = sum(1 for s in live if merged[s][0] != opened)
     # The last change is the SUCCESS snapshot, after which each stream also ends.
     terminal = live.pop() if live else None
-    spreads = [(merged[s][2] - merged[s][1]) * 1000 for s in live if merged[s][0] == opened]
-    terminal_spread = (
-        (merged[terminal][2] - merged[terminal][1]) * 1000
-        if terminal is not None and merged[terminal][0] == opened
-        else None
-    )
+    complete = [s for s in live if merged[s][0] == opened]
+    last = merged[terminal] if terminal is not None and merged[terminal][0] == opened else None
     return StreamsResult(
         streams=n,
         opened=opened,
@@ -82,8 +80,10 @@ def measure(
         redis_before=redis_before,
         redis_after=redis_after,
         redis_total_after=redis_total,
-        spreads_ms=spreads,
-        terminal_spread_ms=terminal_spread,
+        spreads_ms=[spread_ms(merged[s]) for s in complete],
+        terminal_spread_ms=spread_ms(last) if last else None,
+        read_spreads_ms=[spread_ms(merged[s], read=True) for s in complete],
+        terminal_read_spread_ms=spread_ms(last, read=True) if last else None,
         incomplete_events=incomplete,
         errors=sum(r["errors"] for r in readies) + sum(d["errors"] for d in dones),
     )
