@@ -59,7 +59,9 @@ NOTES = """How each figure is taken:
   then while 5,000 other streams (held by batch clients, as above) are open on another task
   that changes every second (each of its changes is written to all 5,000 while the 5 are
   followed); each live event's delay is its receipt time minus its `updated_at`, the moment the
-  worker recorded the change (each stream's first event is not counted).
+  worker recorded the change (each stream's first event is not counted). Under it, the
+  machine's floor: the median round trip of 300 Redis PINGs back to back, and of 300 each sent
+  after 10 ms asleep, as the worker is between the task's steps.
 - Stream opens: client loops that each open a stream on a running task, read its first event and
   close, for 5 s.
 - Submissions: keep-alive clients posting `add` tasks for 5 s, three times (the figure is the
@@ -108,6 +110,8 @@ def main() -> int:
         many = streams.measure(stack, n=10_000)
         print("the same spread from a bare uvloop loop (the floor) ...", flush=True)
         floor_ms, floor_read_ms = floor.measure(free_port())
+        print("latency: a Redis round trip, busy and after idling (the floor) ...", flush=True)
+        round_trip = floor.round_trip(stack.redis.url)
         print("latency: 500 changes, 5 streams, nothing else open ...", flush=True)
         lat_alone = latency.measure(stack)
         print("latency: 500 changes, 5 streams, 5,000 other streams open ...", flush=True)
@@ -137,6 +141,7 @@ def main() -> int:
         floor_ms,
         floor_read_ms,
         send_us,
+        round_trip,
         core_scaling,
     )
     text = report.write(figures, NOTES, load)

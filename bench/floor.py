@@ -8,6 +8,10 @@ each event over the clients (bench.client's `hold`, as for the service) is what 
 this machine can do at best: the kernel's send on loopback also delivers to the receiving socket
 and wakes its reader.
 
+`round_trip` is the floor under the change-to-client latency: a Redis PING's round trip, back to
+back and after the machine idled 10 ms (the latency task's step), when each process woken costs
+more on a virtual machine whose idle CPUs halt.
+
 `send_cost` is the kernel's part alone: one process sends an event of SIZE bytes to each of its
 own loopback connections, no reader anywhere, and times the sends.
 """
@@ -22,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+import redis
 import uvloop
 
 from bench.stack import ROOT, hold_clients, merge_receipts, read_report, spread_ms
@@ -86,6 +91,25 @@ def measure(
     merged = merge_receipts(dones)
     whole = [m for s, m in sorted(merged.items()) if s > 1 and m[0] == streams]
     return [spread_ms(m) for m in whole], [spread_ms(m, read=True) for m in whole]
+
+
+def round_trip(url: str, rounds: int = 300, idle: float = 0.01) -> tuple[float, float]:
+    """Median µs of a Redis PING round trip: back to back, and each after `idle` seconds idle."""
+    client = redis.Redis.from_url(url)
+    try:
+        medians = []
+        for pause in (0.0, idle):
+            times = []
+            for _ in range(rounds):
+                if pause:
+                    time.sleep(pause)
+                started = time.perf_counter()
+                client.ping()
+                times.append((time.perf_counter() - started) * 1e6)
+            medians.append(statistics.median(times))
+    finally:
+        client.close()
+    return medians[0], medians[1]
 
 
 def send_cost(sockets: int = 2_000, size: int = 420, rounds: int = 5) -> float:

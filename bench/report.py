@@ -66,6 +66,7 @@ class Figures:
     floor_ms: list[float]  # bench.floor: the spread a bare uvloop loop achieves here
     floor_read_ms: list[float]  # ... as the clients read it
     send_us: float  # bench.floor.send_cost: the kernel's loopback send of one event
+    round_trip_us: tuple[float, float]  # bench.floor.round_trip: busy, after 10 ms idle
     core_scaling: list[float]  # bench.cores: two CPU-bound processes' work over one's
 
 
@@ -125,6 +126,8 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
          f"({len(f.lat_alone.samples_ms)} events, {f.lat_alone.streams} streams)",
          "<= 1.2 / 3 ms", _ok(f.lat_alone.percentile(50) <= 1.2
                               and f.lat_alone.percentile(99) <= 3)),
+        ("... the machine's floor: a Redis PING round trip, back to back / after 10 ms idle",
+         f"{f.round_trip_us[0]:.0f} / {f.round_trip_us[1]:.0f} µs", "", ""),
         (f"change-to-client latency p50 ({lat.background:,} other streams open on a task "
          "changing every second)",
          f"{p50:.2f} ms", "<= 1.2 ms", _ok(p50 <= 1.2)),
