@@ -79,7 +79,8 @@ NOTES = """How each figure is taken:
 
 The web runs as `make run` and the Procfile start it (`python -m taskstream.web.serve`, uvloop),
 WEB_CONCURRENCY=1 unless a row says otherwise. Server, worker, Redis and the load generators
-share the machine's cores, so the load generators' own work is inside every figure.
+share the machine's cores, so the load generators' own work is inside every figure; they run
+on uvloop, as the web does, to take as little of the cores as they can.
 """
 
 # Each load-generating process holds up to half of the streams, plus a margin.
