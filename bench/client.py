@@ -28,7 +28,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -186,6 +186,18 @@ class SeqStat:
     first_read: float = 0.0
     last_read: float = 0.0
 
+    def merge(self, other: SeqStat) -> None:
+        """Take in the same event id as another client process saw it."""
+        self.count += other.count
+        self.first = min(self.first, other.first)
+        self.last = max(self.last, other.last)
+        self.first_read = min(self.first_read, other.first_read)
+        self.last_read = max(self.last_read, other.last_read)
+
+    def spread_ms(self, read: bool = False) -> float:
+        """First to last stream: by the kernel's arrival stamps, or (`read`) by the reads."""
+        return (self.last_read - self.first_read if read else self.last - self.first) * 1000
+
 
 @dataclass
 class Streams:
@@ -302,10 +314,7 @@ async def hold_streams(args: dict[str, Any]) -> None:
         kind="done",
         errors=streams.errors,
         ended=ended,
-        seqs={
-            s: [v.count, v.first, v.last, v.first_read, v.last_read]
-            for s, v in streams.seqs.items()
-        },
+        seqs={s: astuple(v) for s, v in streams.seqs.items()},
     )
 
 

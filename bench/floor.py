@@ -29,7 +29,7 @@ from typing import Any
 import redis
 import uvloop
 
-from bench.stack import ROOT, hold_clients, merge_receipts, read_report, spread_ms
+from bench.stack import ROOT, hold_clients, merge_receipts, read_report
 from taskstream.web.launch import raise_open_file_limit
 
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -89,8 +89,8 @@ def measure(
     finally:
         server.wait(30)
     merged = merge_receipts(dones)
-    whole = [m for s, m in sorted(merged.items()) if s > 1 and m[0] == streams]
-    return [spread_ms(m) for m in whole], [spread_ms(m, read=True) for m in whole]
+    whole = [m for s, m in sorted(merged.items()) if s > 1 and m.count == streams]
+    return [m.spread_ms() for m in whole], [m.spread_ms(read=True) for m in whole]
 
 
 def round_trip(url: str, rounds: int = 300, idle: float = 0.01) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench.client import SeqStat
 from tests.harness import ROOT, Proc, RedisServer, Service, free_port
 
 
@@ -163,24 +164,17 @@ def read_report(proc: subprocess.Popen[str], kind: str, timeout: float) -> dict[
     raise TimeoutError(f"no {kind} report within {timeout} s")
 
 
-def merge_receipts(dones: list[dict[str, Any]]) -> dict[int, list[float]]:
-    """Per event id, over the `done` reports of `hold` clients:
-    [receipts, first arrival, last arrival, first read, last read]."""
-    merged: dict[int, list[float]] = {}
+def merge_receipts(dones: list[dict[str, Any]]) -> dict[int, SeqStat]:
+    """Per event id, over the `done` reports of `hold` clients: receipts, arrivals and reads."""
+    merged: dict[int, SeqStat] = {}
     for done in dones:
-        for seq, (count, first, last, first_read, last_read) in done["seqs"].items():
-            m = merged.setdefault(int(seq), [0, first, last, first_read, last_read])
-            m[0] += count
-            m[1] = min(m[1], first)
-            m[2] = max(m[2], last)
-            m[3] = min(m[3], first_read)
-            m[4] = max(m[4], last_read)
+        for seq, values in done["seqs"].items():
+            stat = SeqStat(*values)
+            if (m := merged.get(int(seq))) is None:
+                merged[int(seq)] = stat
+            else:
+                m.merge(stat)
     return merged
-
-
-def spread_ms(receipts: list[float], read: bool = False) -> float:
-    """First to last stream: by the kernel's arrival stamps, or (`read`) by the clients' reads."""
-    return (receipts[4] - receipts[3] if read else receipts[2] - receipts[1]) * 1000
 
 
 def _status_kb(pid: int, key: str) -> int:

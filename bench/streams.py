@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bench.stack import Stack, hold_clients, merge_receipts, read_report, spread_ms
+from bench.stack import Stack, hold_clients, merge_receipts, read_report
 
 
 @dataclass
@@ -65,12 +65,12 @@ def measure(
         p.wait(30)
 
     merged = merge_receipts(dones)
-    live = sorted(s for s, m in merged.items() if m[1] > measured_at)
-    incomplete = sum(1 for s in live if merged[s][0] != opened)
+    live = sorted(s for s, m in merged.items() if m.first > measured_at)
+    incomplete = sum(1 for s in live if merged[s].count != opened)
     # The last change is the SUCCESS snapshot, after which each stream also ends.
     terminal = live.pop() if live else None
-    complete = [s for s in live if merged[s][0] == opened]
-    last = merged[terminal] if terminal is not None and merged[terminal][0] == opened else None
+    complete = [merged[s] for s in live if merged[s].count == opened]
+    last = merged[terminal] if terminal is not None and merged[terminal].count == opened else None
     return StreamsResult(
         streams=n,
         opened=opened,
@@ -80,10 +80,10 @@ def measure(
         redis_before=redis_before,
         redis_after=redis_after,
         redis_total_after=redis_total,
-        spreads_ms=[spread_ms(merged[s]) for s in complete],
-        terminal_spread_ms=spread_ms(last) if last else None,
-        read_spreads_ms=[spread_ms(merged[s], read=True) for s in complete],
-        terminal_read_spread_ms=spread_ms(last, read=True) if last else None,
+        spreads_ms=[m.spread_ms() for m in complete],
+        terminal_spread_ms=last.spread_ms() if last else None,
+        read_spreads_ms=[m.spread_ms(read=True) for m in complete],
+        terminal_read_spread_ms=last.spread_ms(read=True) if last else None,
         incomplete_events=incomplete,
         errors=sum(r["errors"] for r in readies) + sum(d["errors"] for d in dones),
     )
