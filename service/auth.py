@@ -40,6 +40,9 @@ class Caller:
     # The session it came through (a cookie or a stream token issued under one), and its end.
     session: str | None = field(default=None, compare=False)
     deadline: float | None = field(default=None, compare=False)
+    # Came with a stream token: it opens its stream, which then runs to the task's end unless
+    # the session it was issued under is revoked (session_streams.py).
+    by_stream_token: bool = field(default=False, compare=False)
 
     def sees(self, owner: str) -> bool:
         return self.admin or owner == self.name
@@ -75,19 +78,23 @@ class Authenticator:
         self._streams = URLSafeSerializer(keys, salt=_STREAM_SALT)
         self._metrics = _digest(settings.metrics_token) if settings.metrics_token else None
 
-    def check_metrics_reader(self, request: Request) -> None:
-        """Let the scraper's METRICS_TOKEN or an admin through to /metrics; else 401 or 403."""
+    def check_metrics_reader(self, request: Request) -> Caller | None:
+        """Let the scraper's METRICS_TOKEN or an admin through to /metrics; else 401 or 403.
+        Returns the admin, whose session (if it came through one) is still to be checked
+        against the revocations, or None for the metrics token or no authentication."""
         token = _bearer(request)
         if self._metrics is not None and token is not None:
             if hmac.compare_digest(_digest(token), self._metrics):
-                return
+                return None
         if not self.enabled:
             if self._metrics is None:
-                return  # nothing to protect it with: open, as every route is
+                return None  # nothing to protect it with: open, as every route is
             raise _unauthorized("Send `Authorization: Bearer <METRICS_TOKEN>`.")
-        if not self.caller(request).admin:
+        caller = self.caller(request)
+        if not caller.admin:
             raise Problem(403, "Forbidden", "Metrics are for admins and the metrics token.",
                           kind="forbidden")  # fmt: skip
+        return caller
 
     def session_cookie(self, caller: Caller) -> tuple[str, float]:
         """A cookie for `caller` and when it ends. Signed in with the token, a new session of
@@ -132,7 +139,7 @@ class Authenticator:
             found = self._verify(self._streams, query_token, claims)
             if found is None or claims.get("t") != task_id:
                 raise _unauthorized("The stream token is not valid for this task, or expired.")
-            return found
+            return replace(found, by_stream_token=True)
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             found = self._verify(self._sessions, cookie)

@@ -254,14 +254,18 @@ async def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], No
     """A stream slot and a hub subscription (one task's, or all with None), confirmed by Redis,
     and how to give both back, whichever way the response ends."""
     svc = services()
-    slot = svc.slots.acquire(current_caller())
+    caller = current_caller()
+    slot = svc.slots.acquire(caller)
     try:
         sub = await svc.hub.subscribe(task_id)
     except BaseException:
         svc.slots.release(slot)
         raise
+    # A stream that came through a session ends with it (logout, or the cookie's end).
+    forget = svc.sessions.watch(caller, sub)
 
     def cleanup() -> None:
+        forget()
         svc.hub.unsubscribe(sub)
         svc.slots.release(slot)
 

@@ -71,7 +71,10 @@ class StreamSlots:
 
 
 def _same_origin(origin: str) -> bool:
-    return urlsplit(origin).netloc == request.host
+    try:
+        return urlsplit(origin).netloc == request.host
+    except ValueError:  # not a URL (`http://[`): no page of this site sent it
+        return False
 
 
 def _services() -> Any:
@@ -91,6 +94,13 @@ async def revoke_session(caller: Caller) -> None:
     svc = _services()
     ttl = max(1, int(caller.deadline - svc.clock()) + 1)
     await svc.redis.set(svc.keys.revoked_session(caller.session), "1", ex=ttl)
+    # Its open streams here end now; other processes' at their next look (session_streams.py).
+    svc.sessions.end(caller.session)
+
+
+def _session_ended() -> Problem:
+    return Problem(401, "Unauthorized", "This session was ended; sign in again.",
+                   kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
 def _host_name(host: str) -> str:
@@ -136,14 +146,15 @@ def install(
         if request.endpoint in PUBLIC or request.endpoint is None:
             return None
         if request.endpoint == "tasks.metrics":
-            auth.check_metrics_reader(request)
+            reader = auth.check_metrics_reader(request)
+            if reader is not None and reader.session is not None and await _revoked(reader.session):
+                raise _session_ended()
             return None
         task_id = (request.view_args or {}).get("task_id")
         stream = request.endpoint == "tasks.task_events"
         caller = auth.caller(request, task_id if stream else None)
         if caller.session is not None and await _revoked(caller.session):
-            raise Problem(401, "Unauthorized", "This session was ended; sign in again.",
-                          kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            raise _session_ended()
         g.caller = caller
         return None
 

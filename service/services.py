@@ -29,6 +29,7 @@ from taskstream.web.hub import Hub
 from taskstream.web.metrics import Metrics
 from taskstream.web.queues import QueueDepths
 from taskstream.web.security import StreamSlots
+from taskstream.web.session_streams import SessionStreams
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Services:
     monitor: Monitor = field(init=False)
     queue_depths: QueueDepths = field(init=False)
     fast: FastPublisher = field(init=False)
+    sessions: SessionStreams = field(init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -98,6 +100,8 @@ class Services:
         sub_client = connections.async_client(s, socket_connect_timeout=5, socket_keepalive=True)
         self.hub = Hub(sub_client, keys, s.stream_buffer)
         self._sub_client = sub_client
+        self.sessions = SessionStreams(self.redis, keys, lambda: self.clock())
+        self.sessions.start()
         await self.hub.start()
         # A thread of its own, not the pool's: a broker that never answers would hold it, and
         # the interpreter waits for the pool's threads when it exits.
@@ -126,6 +130,7 @@ class Services:
             signal.signal(signum, handler)
 
     async def stop(self) -> None:
+        await self.sessions.stop()
         await self.hub.stop()
         await self.fast.close()
         if self.record.pipelined is not None:

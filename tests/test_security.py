@@ -177,6 +177,17 @@ def test_cors_allows_listed_origins_only(secure):
     assert allowed.headers["access-control-allow-credentials"] == "true"
 
 
+def test_a_malformed_origin_is_a_foreign_one_not_a_500(secure):
+    for origin in ("http://[", "http://[zz]", "http://[::1", "http://[::1]:x"):
+        assert httpx.get(f"{secure.url}/healthz", headers={"Origin": origin}).status_code == 200
+        refused = httpx.post(f"{secure.url}/tasks", json={"task": "add", "args": [1, 2]},
+                             headers={**auth("alice"), "Origin": origin})  # fmt: skip
+        assert refused.status_code == 403, (origin, refused.text)
+        assert refused.json()["type"] == "/problems/origin-not-allowed"
+        preflight = httpx.options(f"{secure.url}/tasks", headers={"Origin": origin})
+        assert preflight.status_code == 403
+
+
 # The submission limit (windows on an injected clock) is proven in test_rate_limit.py.
 
 

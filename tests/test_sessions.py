@@ -108,6 +108,9 @@ def test_logout_revokes_the_cookie_and_the_stream_tokens_it_issued(make_service)
         assert status(svc.url, ended) == 401
         assert httpx.post(f"{svc.url}/session", cookies=ended).status_code == 401
         assert opens(svc.url, task_id, issued) == 401
+        # Nor does it read the metrics, which admins' sessions may.
+        assert httpx.get(f"{svc.url}/metrics", cookies=kept).status_code == 200
+        assert httpx.get(f"{svc.url}/metrics", cookies=ended).status_code == 401
         # Another session of the same caller is untouched.
         assert status(svc.url, kept) == 200
         # The revocation lasts as long as the cookie would have, no longer.
@@ -196,3 +199,120 @@ async def test_a_stream_token_ends_after_stream_token_seconds(make_app, redis_ur
     expired = await client.get(events, headers=seen)
     assert expired.status_code == 401
     assert (await expired.get_json())["type"] == "/problems/unauthorized"
+
+
+class _OpenStream:
+    """A stream held open in a thread of its own: its status and whether (and when) it ended."""
+
+    def __init__(self, url: str, cookies: dict[str, str] | None = None):
+        import threading
+
+        self.status = 0
+        self.ended_at: float | None = None
+        self._opened = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url, cookies or {}), daemon=True)
+        self._thread.start()
+        assert self._opened.wait(10), url
+
+    def _read(self, url: str, cookies: dict[str, str]) -> None:
+        import time
+
+        try:
+            with httpx.stream("GET", url, cookies=cookies, timeout=60) as response:
+                self.status = response.status_code
+                self._opened.set()
+                for _ in response.iter_raw():
+                    pass
+        except httpx.HTTPError:
+            pass
+        finally:
+            self._opened.set()
+            self.ended_at = time.monotonic()
+
+    def ended_within(self, seconds: float) -> bool:
+        self._thread.join(seconds)
+        return self.ended_at is not None
+
+
+def test_open_streams_end_when_their_session_is_revoked_on_every_process(make_service):
+    svc: Service = make_service(API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY)
+    svc.start_web()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)  # stays PENDING: its stream would run until it ends
+    try:
+        ended = sign_in(svc.url, token("ops"))
+        kept = sign_in(svc.url, token("ops"))
+        issued = stream_token(svc.url, task_id, ended)
+        doomed = [
+            _OpenStream(f"{svc.url_of(0)}/events", ended),
+            _OpenStream(f"{svc.url_of(1)}/events", ended),
+            _OpenStream(f"{svc.url_of(1)}/tasks/{task_id}/events", ended),
+            _OpenStream(f"{svc.url_of(1)}/tasks/{task_id}/events?token={issued}"),
+        ]
+        others = [
+            _OpenStream(f"{svc.url_of(1)}/events", kept),
+            _OpenStream(f"{svc.url_of(0)}/tasks/{task_id}/events", kept),
+        ]
+        assert [s.status for s in doomed + others] == [200] * 6
+        assert httpx.delete(f"{svc.url_of(0)}/session", cookies=ended).status_code == 204
+        # Logged out, the session's streams end on both processes (the one that took the
+        # logout at once, the other within seconds); its other session's streams go on.
+        for stream in doomed:
+            assert stream.ended_within(8)
+        assert not any(s.ended_within(0.5) for s in others)
+    finally:
+        recorder.client.close()
+
+
+def test_open_streams_end_when_their_session_ends(make_service):
+    svc: Service = make_service(
+        API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY, SESSION_SECONDS="3"
+    )
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    try:
+        import time
+
+        cookies = sign_in(svc.url, token("ops"))
+        started = time.monotonic()
+        streams = [
+            _OpenStream(f"{svc.url}/events", cookies),
+            _OpenStream(f"{svc.url}/tasks/{task_id}/events", cookies),
+        ]
+        bearer = {"Authorization": f"Bearer {token('ops')}"}
+        with httpx.stream("GET", f"{svc.url}/events", headers=bearer, timeout=30) as by_token:
+            assert by_token.status_code == 200
+            for stream in streams:
+                assert stream.status == 200
+                assert stream.ended_within(8)
+                assert stream.ended_at is not None and stream.ended_at - started >= 2.5
+            # A stream opened with the bearer token has no session to end with.
+            assert not by_token.is_closed
+            assert status(svc.url, cookies) == 401
+    finally:
+        recorder.client.close()
+
+
+def test_the_dashboard_goes_back_to_sign_in_when_its_session_ends(make_service):
+    from playwright.sync_api import sync_playwright
+
+    from tests.harness import CHROMIUM_ARGS, require_chromium
+
+    svc: Service = make_service(
+        API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY, SESSION_SECONDS="4"
+    )
+    svc.start_web()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=require_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(svc.url + "/")
+            page.fill("#signin-token", token("ops"))
+            page.click("#signin button")
+            page.wait_for_selector("#mode[data-mode=live]")
+            # Its stream ends with the session, and the page asks for the token again.
+            page.wait_for_selector("#signin:not([hidden])", timeout=15_000)
+        finally:
+            browser.close()

@@ -5,8 +5,8 @@
 // stream, the poller and the submit/cancel/re-run answers all feed the same apply(). Changes from
 // the stream are batched into one DOM update per animation frame, so bursts never stutter.
 import {
-  $, TERMINAL, clock, el, errorText, params, percentText, problemText, readJson, say, seconds,
-  shortId,
+  $, TERMINAL, checkSignedIn, clock, el, errorText, params, percentText, problemText, readJson,
+  say, seconds, shortId,
 } from "./util.js";
 
 const PAGE = 100;
@@ -392,6 +392,7 @@ export function renderOutcome(box, snap) {
 
 async function fetchPage(cursor) {
   const response = await fetch(listUrl(cursor), { cache: "no-store", headers: { Accept: "application/json" } });
+  checkSignedIn(response);
   if (!response.ok) throw new Error(`GET tasks answered ${response.status}`);
   return response.json();
 }

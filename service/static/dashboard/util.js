@@ -87,8 +87,15 @@ export function problemText(problem, response) {
   return `${response.status} ${response.statusText || "error"}`.trim();
 }
 
+// The session ended (logout elsewhere, or its time ran out): the page starts again at sign-in
+// rather than polling on with every answer a 401.
+export function checkSignedIn(response) {
+  if (response.status === 401) window.location.reload();
+}
+
 export async function getJson(url) {
   const response = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+  checkSignedIn(response);
   if (!response.ok) throw new Error(`GET ${url} answered ${response.status}`);
   return response.json();
 }
