@@ -83,6 +83,8 @@ class Problem(Exception):
             body["detail"] = self.detail
         body.update(self.extensions)
         response = Response(json.dumps(body), status=self.status, content_type=PROBLEM_JSON)
+        # About this request, not a resource: a cache must not answer the next one with it.
+        response.headers["Cache-Control"] = "no-store"
         response.headers.update(self.headers)
         return response
 

@@ -74,6 +74,9 @@ def test_unknown_route_and_method_are_problems(service):
     response = httpx.get(f"{service.url}/nowhere")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+    # An answer about this request, not a resource: no cache keeps it (a 404 before the task's
+    # record was readable, say).
+    assert response.headers["cache-control"] == "no-store"
     response = httpx.put(f"{service.url}/tasks")
     assert response.status_code == 405
     assert response.headers["content-type"] == "application/problem+json"
