@@ -30,7 +30,7 @@ from celery.exceptions import Ignore, TaskRevokedError
 from kombu.exceptions import EncodeError
 
 from taskstream.progress import progress_of
-from taskstream.record import Change, Outcome, Status, dumps, split_announcement, utcnow
+from taskstream.record import Change, Outcome, Status, jsonable, split_announcement, utcnow
 from taskstream.recording import error_of, record_or_create, recorder, tracking
 from taskstream.states import TERMINAL, TaskState
 
@@ -387,7 +387,7 @@ class RecordBackend(RedisBackend):
     ) -> None:
         # Recorded whatever the task's ignore_result: the record follows every task.
         try:
-            dumps(result)
+            result = jsonable(result)
         except (TypeError, ValueError) as exc:
             error = {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"}
             record_or_create(

@@ -15,7 +15,7 @@ from typing import Any
 from celery import current_task
 from celery.exceptions import Ignore
 
-from taskstream.record import Change, Status, dumps
+from taskstream.record import Change, Status, jsonable
 from taskstream.recording import record
 from taskstream.states import TaskState
 
@@ -38,7 +38,7 @@ def progress_of(state: str, meta: Any) -> dict[str, Any]:
     current, total = _number(fields.get("current")), _number(fields.get("total"))
     message = fields.get("message")
     try:
-        dumps(meta)
+        meta = jsonable(meta)
     except (TypeError, ValueError):
         # Recorded rather than dropped: its text, since it has no JSON form.
         meta = repr(meta)

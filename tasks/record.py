@@ -11,8 +11,12 @@ those texts, so numbers and strings reach clients exactly as Python encoded them
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import math
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -203,6 +207,44 @@ def dumps(value: Any) -> str:
     # One line always: json escapes newlines inside strings, so nothing in a task's output can
     # break the SSE framing. NaN and Infinity are not JSON and are refused.
     return _ENCODER.encode(value)
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as JSON a client reads: what Celery's JSON serializer takes beyond JSON (dates and
+    times, UUIDs, decimals, bytes) as the strings it writes them as, a tuple as a list, NaN and
+    Infinity (not JSON) as null. Anything else that is not JSON raises TypeError."""
+    try:
+        dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, dict):
+        return {_plain_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _plain_key(key: Any) -> Any:
+    if key is None or isinstance(key, str | int | float):
+        return key  # json writes these as strings itself
+    plain = _plain(key)
+    if isinstance(plain, str):
+        return plain
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
 class Status(IntEnum):

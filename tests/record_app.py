@@ -4,6 +4,10 @@ app, plus plain `@shared_task` tasks with Celery's default base class, as a proj
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import uuid
+
 import os
 import time
 from typing import Any
@@ -56,3 +60,17 @@ def retry_once(self: Any) -> str:
 @shared_task
 def explode(message: str) -> None:
     raise KeyError(message)
+
+
+@shared_task
+def typed_result() -> dict[str, Any]:
+    """What Celery's JSON serializer takes beyond JSON itself."""
+    return {
+        "when": datetime.datetime(2024, 1, 1, 12, 30, tzinfo=datetime.UTC),
+        "day": datetime.date(2024, 1, 2),
+        "id": uuid.UUID(int=5),
+        "amount": decimal.Decimal("1.50"),
+        "nan": float("nan"),
+        "raw": b"bytes",
+        "pair": (1, 2),
+    }

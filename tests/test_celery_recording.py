@@ -321,6 +321,25 @@ def test_asyncresult_answers_as_the_record_for_success(app, rec):
     assert fresh.date_done is not None
 
 
+def test_a_result_celerys_json_takes_is_kept_as_plain_json(app, rec):
+    # Dates, UUIDs, decimals and bytes, which Celery's JSON serializer writes, are results
+    # too: kept as the JSON a client reads (no float NaN in JSON: null), not a FAILURE.
+    result = app.tasks["tests.record_app.typed_result"].delay()
+    expected = {
+        "when": "2024-01-01T12:30:00+00:00",
+        "day": "2024-01-02",
+        "id": "00000000-0000-0000-0000-000000000005",
+        "amount": "1.50",
+        "nan": None,
+        "raw": "bytes",
+        "pair": [1, 2],
+    }
+    assert result.get(timeout=30) == expected
+    snap = httpx.get(f"{rec.url}/tasks/{result.id}").json()
+    assert snap["state"] == "SUCCESS"
+    assert snap["result"] == expected
+
+
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
     result = app.tasks["tests.record_app.explode"].delay("boom")
     with pytest.raises(KeyError) as raised:
