@@ -267,7 +267,9 @@ def bind_arguments(task_type: TaskType, args: list[Any], kwargs: dict[str, Any])
         raise ArgumentsInvalid(errors) from None
     if errors:
         raise ArgumentsInvalid(errors)
-    for name, value in model.model_dump().items():
+    # Only what the caller gave, as `.delay()` sends it: a default stays the function's own (a
+    # sentinel has no JSON form, a date's JSON form is a string).
+    for name, value in model.model_dump(exclude_unset=True).items():
         # A field that takes any value takes NaN and Infinity too, which the body's parser
         # admits but JSON (and so the task's message) does not; JSON mode would make them null.
         try:
@@ -276,4 +278,4 @@ def bind_arguments(task_type: TaskType, args: list[Any], kwargs: dict[str, Any])
             errors.append(FieldError(name, "NaN and Infinity are not JSON", "json_invalid"))
     if errors:
         raise ArgumentsInvalid(errors)
-    return model.model_dump(mode="json")
+    return model.model_dump(mode="json", exclude_unset=True)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -113,9 +115,10 @@ def test_the_bare_decorator_derives_the_schema_from_the_signature(registry):
         "height": "integer",
         "keep_ratio": "boolean",
     }
+    # What the caller gave, as `.delay(3, keep_ratio=False)` sends it: the function fills in
+    # its own defaults.
     assert bind_arguments(registry[name], [3], {"keep_ratio": False}) == {
         "width": 3,
-        "height": 10,
         "keep_ratio": False,
     }
     with pytest.raises(ArgumentsInvalid) as bad:
@@ -211,4 +214,22 @@ def test_nan_and_infinity_are_refused_by_name_whatever_the_hint(registry):
         with pytest.raises(ArgumentsInvalid) as bad:
             bind_arguments(measure_type, [], kwargs)
         assert [e.field for e in bad.value.errors] == [field]
-    assert bind_arguments(measure_type, [2], {}) == {"ratio": 2, "anything": None}
+    assert bind_arguments(measure_type, [2], {}) == {"ratio": 2}
+
+
+_UNSET = object()
+
+
+def test_defaults_are_the_functions_own_not_sent_as_json(registry):
+    # A default with no JSON form (a sentinel) or whose JSON form is another type (a date) must
+    # reach the function as itself: a submission sends only what the caller gave.
+    @submittable
+    def sync_account(account_id: int, since=_UNSET, born: datetime.date = datetime.date(2000, 1, 1)):
+        pass
+
+    sync_type = registry[f"{__name__}.sync_account"]
+    assert bind_arguments(sync_type, [42], {}) == {"account_id": 42}
+    assert bind_arguments(sync_type, [42], {"born": "2001-02-03"}) == {
+        "account_id": 42,
+        "born": "2001-02-03",
+    }
