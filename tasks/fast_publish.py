@@ -13,7 +13,7 @@ broker is the record's Redis, else two awaits.
 a project's own hooks see these submissions; taskstream's own handler leaves the record to this
 module (one record, made once). Anything this path cannot reproduce faithfully (another broker, an
 exchange other than the default one, per-message expiry, sent events, eager mode, a task sent from
-inside a task) goes Celery's normal way: `submit` answers None and the caller falls back.
+inside a task, a task class or app with its own `apply_async` or `send_task`) goes Celery's normal way: `submit` answers None and the caller falls back.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from kombu import Producer
 from kombu.common import Broadcast, maybe_declare
 from kombu.transport import redis as kombu_redis
@@ -188,6 +188,13 @@ class FastPublisher:
         send_task_message, or None where this path would not send it as Celery does."""
         app = self.app
         conf = app.conf
+        if (
+            type(task).apply_async is not Task.apply_async
+            or type(app).send_task is not Celery.send_task
+        ):
+            # A project's own apply_async (headers for tenants or tracing, de-duplication) or
+            # send_task: only calling it does what it does.
+            return None
         # Task.apply_async
         if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
             return None  # Celery's own path raises its error

@@ -20,6 +20,8 @@ import redis
 from celery.signals import after_task_publish, before_task_publish
 
 from taskstream.recording import OWNER_HEADER
+from taskstream.registry import submittable
+from taskstream.tracked import TrackedTask
 from tests.harness import poll_until_done, submit
 
 SEP = "\x06\x16"
@@ -195,6 +197,30 @@ async def test_a_named_exchange_goes_celerys_way(make_app, raw):
     assert seen[0][1]["thread"].startswith("celery-publish")
     assert seen[0][1]["exchange"] == other
     assert raw.llen(queue_key(prefix, other)) == 1
+
+
+class TenantTask(TrackedTask):
+    """A task class of a project's own whose apply_async adds a header, as projects do for
+    tenants, tracing or de-duplication."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        headers = dict(options.pop("headers", None) or {})
+        headers.setdefault("tenant", "acme")
+        return super().apply_async(args, kwargs, headers=headers, **options)
+
+
+@submittable(base=TenantTask)
+def tenant_report(title: str) -> str:
+    return title
+
+
+async def test_a_task_class_with_its_own_apply_async_goes_through_it(make_app, raw):
+    app = await make_app()
+    prefix = services_of(app).settings.key_prefix
+    response = await post(app, f"{__name__}.tenant_report", title="Q3")
+    assert response.status_code == 202
+    message = decoded(raw.lpop(queue_key(prefix)))
+    assert message["headers"]["tenant"] == "acme"
 
 
 async def test_a_push_that_fails_leaves_the_task_failed(make_app, raw):
