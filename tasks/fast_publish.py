@@ -13,7 +13,8 @@ broker is the record's Redis, else two awaits.
 a project's own hooks see these submissions; taskstream's own handler leaves the record to this
 module (one record, made once). Anything this path cannot reproduce faithfully (another broker, an
 exchange other than the default one, per-message expiry, sent events, eager mode, a task sent from
-inside a task, a task class or app with its own `apply_async` or `send_task`) goes Celery's normal way: `submit` answers None and the caller falls back.
+inside a task, a task class or app with its own `apply_async` or `send_task`) goes Celery's normal
+way: `submit` answers None and the caller falls back.
 """
 
 from __future__ import annotations

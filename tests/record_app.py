@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import uuid
-
 import os
 import time
+import uuid
 from typing import Any
 
 import redis

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime
-
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -218,13 +217,14 @@ def test_nan_and_infinity_are_refused_by_name_whatever_the_hint(registry):
 
 
 _UNSET = object()
+_BORN = datetime.date(2000, 1, 1)
 
 
 def test_defaults_are_the_functions_own_not_sent_as_json(registry):
     # A default with no JSON form (a sentinel) or whose JSON form is another type (a date) must
     # reach the function as itself: a submission sends only what the caller gave.
     @submittable
-    def sync_account(account_id: int, since=_UNSET, born: datetime.date = datetime.date(2000, 1, 1)):
+    def sync_account(account_id: int, since=_UNSET, born: datetime.date = _BORN) -> None:
         pass
 
     sync_type = registry[f"{__name__}.sync_account"]
