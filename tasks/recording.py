@@ -9,6 +9,7 @@ result backend stores (taskstream.backend).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback as tb
@@ -19,6 +20,7 @@ from typing import Any, Final
 
 import redis
 from celery import Celery
+from celery.exceptions import ImproperlyConfigured
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -115,6 +117,15 @@ _tracked: weakref.WeakKeyDictionary[Celery, Tracking] = weakref.WeakKeyDictionar
 
 def track(app: Celery, settings: Settings) -> Tracking:
     """Make `app` record every task it sends or runs, with the record as its result backend."""
+    # Celery takes this variable over the app's configuration: the record would not be the
+    # backend, and no task would ever be recorded as ended. Refused at start, not obeyed.
+    elsewhere = os.environ.get("CELERY_RESULT_BACKEND")
+    if elsewhere and elsewhere != RESULT_BACKEND:
+        raise ImproperlyConfigured(
+            "CELERY_RESULT_BACKEND is set in the environment; Celery would read results there "
+            "instead of taskstream's record, which is the result backend of a tracked app. "
+            "Unset it (AsyncResult reads the record)."
+        )
     app.conf.update(taskstream_settings=settings, result_backend=RESULT_BACKEND)
     tracking = _tracked[app] = Tracking(settings)
     # The handlers are process-wide (Celery's signals are); they act for tracked apps only.

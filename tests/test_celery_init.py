@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, shared_task
+from celery.exceptions import ImproperlyConfigured
 from pydantic import ValidationError
 
 import taskstream
@@ -233,3 +234,11 @@ def test_defaults_are_the_functions_own_not_sent_as_json(registry):
         "account_id": 42,
         "born": "2001-02-03",
     }
+
+
+def test_a_result_backend_in_the_environment_is_refused_not_silently_obeyed(monkeypatch):
+    # Celery reads CELERY_RESULT_BACKEND before the app's configuration: the record would not be
+    # the result backend, and no task would ever be recorded as ended.
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "redis://localhost:6379/5")
+    with pytest.raises(ImproperlyConfigured, match="CELERY_RESULT_BACKEND"):
+        taskstream.init_celery(Celery("theirs"), Settings.from_env(demo_tasks=False))
