@@ -9,6 +9,7 @@ taskstream tracks (taskstream.recording.track).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import current_task
@@ -27,6 +28,8 @@ from taskstream.record import Change, Status
 from taskstream.recording import OWNER_HEADER, RERUN_HEADER
 from taskstream.states import TaskState
 from taskstream.tracked import TrackedTask
+
+log = logging.getLogger(__name__)
 
 
 @before_task_publish.connect
@@ -100,6 +103,16 @@ def _on_received(request: Any = None, **_: Any) -> None:
         # revoked list): Celery's revoked set makes this worker skip it, acknowledge it and call
         # the backend's mark_as_revoked, for every task class.
         worker_state.revoked.add(request.id)
+        ended = (outcome.snapshot or {}).get("state")
+        if ended != TaskState.REVOKED:
+            # Not a cancel: a message sent again with the id of a task that has ended. Its
+            # record is final (a cancel and a finish cannot both win), so it is not run.
+            log.warning(
+                "task %s already ended %s: a task id is used once; this message is not run "
+                "(send it with a new id)",
+                request.id,
+                ended,
+            )
 
 
 def _creation_on_receipt(app: Any, request: Any) -> Change:

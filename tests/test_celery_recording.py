@@ -340,6 +340,19 @@ def test_a_result_celerys_json_takes_is_kept_as_plain_json(app, rec):
     assert snap["result"] == expected
 
 
+def test_a_task_id_sent_again_after_its_task_ended_is_not_run_and_the_worker_says_why(app, rec):
+    task_id = f"report-{uuid.uuid4()}"
+    add = app.tasks["tests.record_app.plain_add"]
+    assert add.apply_async((1, 2), task_id=task_id).get(timeout=30) == 3
+    add.apply_async((10, 20), task_id=task_id)
+    deadline = time.monotonic() + 20
+    while "a task id is used once" not in rec.logs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert f"task {task_id} already ended SUCCESS: a task id is used once" in rec.logs()
+    # The record is final: the first run's result stands.
+    assert httpx.get(f"{rec.url}/tasks/{task_id}").json()["result"] == 3
+
+
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
     result = app.tasks["tests.record_app.explode"].delay("boom")
     with pytest.raises(KeyError) as raised:
