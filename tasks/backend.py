@@ -83,6 +83,26 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
     }
 
 
+class _PubSub(redis.client.PubSub):
+    """redis-py's PubSub, noting when it connected and subscribed again by itself (the record's
+    client retries on a lost connection, so no error reaches Celery's reconnect_on_error):
+    whatever was announced meanwhile was lost to it. Redis drops a subscriber whose unread
+    messages pass its pub/sub output limit (32 MB by default), as one large result can."""
+
+    reconnected = False
+
+    def on_connect(self, connection: Any) -> None:
+        if self.channels:
+            self.reconnected = True
+        super().on_connect(connection)
+
+
+def _pubsub(client: Any) -> _PubSub:
+    return _PubSub(
+        client.connection_pool, event_dispatcher=getattr(client, "_event_dispatcher", None)
+    )
+
+
 class RecordResultConsumer(BaseResultConsumer):
     """Waits on the record's announcements: each awaited task's own channel, as Celery's Redis
     backend does with its own keys.
@@ -104,6 +124,9 @@ class RecordResultConsumer(BaseResultConsumer):
         self._channels: set[str] = set()
         self._unconfirmed: set[str] = set()
         self._leaving: set[str] = set()
+        # Subscribed again after a lost connection: the awaited tasks are read from the record
+        # once the subscriptions are confirmed.
+        self._missed = False
 
     def on_after_fork(self) -> None:
         # The parent's subscription socket is not ours to read or close.
@@ -123,7 +146,7 @@ class RecordResultConsumer(BaseResultConsumer):
             self._unconfirmed.add(channel)
             with self.reconnect_on_error():
                 if self._pubsub is None:
-                    self._pubsub = self.backend.client.pubsub()
+                    self._pubsub = _pubsub(self.backend.client)
                 self._pubsub.subscribe(channel)
 
     def cancel_for(self, task_id: str) -> None:
@@ -171,6 +194,12 @@ class RecordResultConsumer(BaseResultConsumer):
     def _read_one(self, timeout: float) -> None:
         with self.reconnect_on_error():
             message = self._pubsub.get_message(timeout=timeout)
+        pubsub = self._pubsub
+        if pubsub is not None and pubsub.reconnected:
+            # Before the message, which may be the first confirmation of the new subscriptions.
+            pubsub.reconnected = False
+            self._unconfirmed = set(self._channels)
+            self._missed = True
         if not message:
             return
         if message["type"] == "subscribe":
@@ -193,14 +222,21 @@ class RecordResultConsumer(BaseResultConsumer):
         # Short reads under the lock, so threads waiting on other results take turns.
         if not self._lock.acquire(timeout=wait):
             return
+        reread = idle = False
         try:
             self._leave()
-            if self._pubsub is not None:
+            if self._pubsub is None:
+                idle = True
+            else:
                 self._read_one(min(wait, 0.2))
-                return
+                if self._missed and not self._unconfirmed:
+                    self._missed, reread = False, True
         finally:
             self._lock.release()
-        time.sleep(min(wait, 0.2))
+        if reread:
+            self._read_ready()
+        elif idle:
+            time.sleep(min(wait, 0.2))
 
     def _on_announcement(self, data: str) -> None:
         header, snapshot = split_announcement(data)
@@ -220,10 +256,15 @@ class RecordResultConsumer(BaseResultConsumer):
         with self._lock:
             self._close()
             if self._channels:
-                self._pubsub = self.backend.client.pubsub()
+                self._pubsub = _pubsub(self.backend.client)
                 self._pubsub.subscribe(*self._channels)
                 self._unconfirmed = set(self._channels)
                 self._confirm()
+        self._read_ready()
+
+    def _read_ready(self) -> None:
+        """Read the awaited tasks from the record: those that ended were perhaps announced while
+        the subscription was down."""
         for mapping in list(self._pending_results):
             for task_id in list(mapping):
                 meta = self.backend.get_task_meta(task_id, cache=False)

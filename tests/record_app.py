@@ -73,3 +73,10 @@ def typed_result() -> dict[str, Any]:
         "raw": b"bytes",
         "pair": (1, 2),
     }
+
+
+@shared_task
+def big_result(size: int, after: float = 1.0) -> str:
+    """A result of `size` characters, after a pause that lets a waiting `.get()` subscribe."""
+    time.sleep(after)
+    return "x" * size

@@ -22,6 +22,7 @@ from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
 from tests.harness import (
     Proc,
+    RedisServer,
     Service,
     assert_contiguous,
     direct_recorder,
@@ -351,6 +352,29 @@ def test_a_task_id_sent_again_after_its_task_ended_is_not_run_and_the_worker_say
     assert f"task {task_id} already ended SUCCESS: a task id is used once" in rec.logs()
     # The record is final: the first run's result stands.
     assert httpx.get(f"{rec.url}/tasks/{task_id}").json()["result"] == 3
+
+
+def test_get_learns_the_outcome_announced_while_its_subscription_was_down(tmp_path):
+    # Redis drops a subscriber whose output buffer passes its pub/sub limit (32 MB by default,
+    # 1 MB here), so the waiting .get() never receives the announcement of a large result;
+    # redis-py connects and subscribes again by itself, and the waiter must still learn it.
+    import tests.record_app  # noqa: F401  (registers the shared tasks)
+
+    limit = ["--client-output-buffer-limit", "pubsub", "1mb", "1mb", "0"]
+    server = RedisServer(extra_args=limit).start()
+    svc = Service(server.url, tmp_path)
+    celery = None
+    try:
+        start_worker(svc, concurrency=1)
+        celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix=svc.prefix))
+        celery.loader.import_default_modules()
+        result = celery.tasks["tests.record_app.big_result"].delay(2_000_000)
+        assert len(result.get(timeout=20)) == 2_000_000
+    finally:
+        svc.stop()
+        if celery is not None:
+            celery.close()
+        server.stop()
 
 
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
