@@ -31,23 +31,36 @@ from kombu.exceptions import EncodeError
 
 from taskstream.progress import progress_of
 from taskstream.record import Change, Outcome, Status, jsonable, split_announcement, utcnow
-from taskstream.recording import error_of, record_or_create, recorder, tracking
+from taskstream.recording import error_fields, record_or_create, recorder, tracking
 from taskstream.states import TERMINAL, TaskState
 
 log = logging.getLogger(__name__)
 
 # What a Celery meta is made of, read with the snapshot: the exception's module is kept apart from
 # `error` (clients see type and message) so that AsyncResult raises the task's own class.
-_META_FIELDS = ("state", "progress", "result", "error", "finished_at", "worker", "error_module")
+_META_FIELDS = (
+    "state",
+    "progress",
+    "result",
+    "error",
+    "finished_at",
+    "worker",
+    "error_module",
+    "error_args",
+)
 
 # Recorded by the task hooks and signals, for every task; a backend hears of them only for tasks
 # that keep results (and STARTED before the task could be stopped when cancelled).
 _NOT_STORED_HERE = frozenset({states.PENDING, states.RECEIVED, states.STARTED, states.RETRY})
 
 
-def _exception(type_name: str, message: str, module: str | None) -> dict[str, Any]:
-    # Celery's own JSON form of an exception, turned back into one by exception_to_python.
-    return {"exc_type": type_name, "exc_message": [message], "exc_module": module}
+def _exception(
+    type_name: str, message: str, module: str | None, args: list[Any] | None = None
+) -> dict[str, Any]:
+    # Celery's own JSON form of an exception, turned back into one by exception_to_python: with
+    # its arguments where they were kept, else its text.
+    exc_message = args if isinstance(args, list) else [message]
+    return {"exc_type": type_name, "exc_message": exc_message, "exc_module": module}
 
 
 def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[str, Any]:
@@ -69,7 +82,10 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
         result = values.get("result")
     elif state in (TaskState.FAILURE, TaskState.RETRY):
         result = _exception(
-            error.get("type", "Exception"), error.get("message", ""), values.get("error_module")
+            error.get("type", "Exception"),
+            error.get("message", ""),
+            values.get("error_module"),
+            values.get("error_args"),
         )
     elif state == TaskState.REVOKED:
         result = _exception("TaskRevokedError", "revoked", "celery.exceptions")
@@ -394,8 +410,7 @@ class RecordBackend(RedisBackend):
         elif state in (states.FAILURE, states.REVOKED):
             fields = {"state": state}
             if state == states.FAILURE:
-                exc = result if isinstance(result, BaseException) else Exception(str(result))
-                fields["error"], fields["error_module"] = error_of(self.app, exc, traceback)
+                fields.update(error_fields(self.app, self._as_exception(result), traceback))
         else:
             outcome = record_or_create(
                 self.app,
@@ -414,6 +429,27 @@ class RecordBackend(RedisBackend):
             return outcome
         fields["finished_at"] = now
         return record_or_create(self.app, Change(task_id, fields, at=now), name)
+
+    def _as_exception(self, result: Any) -> BaseException:
+        """The exception a FAILURE was stored with: as raised, or given in Celery's own JSON form
+        (`update_state(state=FAILURE, meta={"exc_type": ..., "exc_message": [...]})`)."""
+        if isinstance(result, BaseException):
+            return result
+        if isinstance(result, dict) and isinstance(result.get("exc_type"), str):
+            args = result.get("exc_message")
+            args = list(args) if isinstance(args, list | tuple) else [args]
+            given = {
+                "exc_type": result["exc_type"],
+                "exc_module": result.get("exc_module") or "builtins",
+                "exc_message": args,
+            }
+            try:
+                exc = self.exception_to_python(given)
+            except Exception:  # Celery refuses what is not an exception class
+                exc = None
+            if isinstance(exc, BaseException):
+                return exc
+        return Exception(str(result))
 
     def mark_as_started(self, task_id: str, **meta: Any) -> Any:
         return meta

@@ -26,7 +26,16 @@ from redis.retry import Retry
 
 from taskstream.connections import sync_client
 from taskstream.keys import Keys
-from taskstream.record import Change, Outcome, Recorder, Status, dumps, new_task_fields, utcnow
+from taskstream.record import (
+    Change,
+    Outcome,
+    Recorder,
+    Status,
+    dumps,
+    jsonable,
+    new_task_fields,
+    utcnow,
+)
 from taskstream.settings import Settings
 from taskstream.states import TaskState
 
@@ -351,9 +360,10 @@ def record_or_create(app: Celery, change: Change, name: str | None) -> Outcome:
     return outcome
 
 
-def error_of(app: Celery, exc: BaseException, traceback: Any = None) -> tuple[dict[str, Any], str]:
-    """What a task's `error` says about an exception, and the exception's module (kept apart, so
-    AsyncResult can raise the same class)."""
+def error_fields(app: Celery, exc: BaseException, traceback: Any = None) -> dict[str, Any]:
+    """What a task's `error` says about an exception (its class and text, for clients), and
+    apart from it the exception's module and arguments, so that AsyncResult raises the same
+    exception: `error_args` is None where the arguments have no JSON form (then the text)."""
     name = getattr(exc, "exc_cls_name", None) or type(exc).__name__
     module = getattr(exc, "exc_module", None) or type(exc).__module__
     error: dict[str, Any] = {"type": name, "message": str(exc)}
@@ -361,7 +371,11 @@ def error_of(app: Celery, exc: BaseException, traceback: Any = None) -> tuple[di
         error["traceback"] = (
             traceback if isinstance(traceback, str) else "".join(tb.format_tb(traceback))
         )
-    return error, module
+    try:
+        args = jsonable(list(exc.args))
+    except (TypeError, ValueError):
+        args = None
+    return {"error": error, "error_module": module, "error_args": args}
 
 
 def record_started(app: Celery, request: Any) -> Status:
@@ -393,6 +407,5 @@ def record_started(app: Celery, request: Any) -> Status:
 def record_retry(app: Celery, request: Any, exc: BaseException, traceback: Any = None) -> None:
     # While RETRY, `error` holds what made this attempt fail; the next STARTED clears it.
     attempt = (request.retries or 0) + 1
-    error, module = error_of(app, exc, traceback)
-    fields = {"state": TaskState.RETRY, "retries": attempt, "error": error, "error_module": module}
+    fields = {"state": TaskState.RETRY, "retries": attempt, **error_fields(app, exc, traceback)}
     record(app, Change(request.id, fields, only_if_retries_below=attempt))

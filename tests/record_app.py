@@ -12,7 +12,8 @@ import uuid
 from typing import Any
 
 import redis
-from celery import shared_task
+from celery import shared_task, states
+from celery.exceptions import Ignore
 
 from taskstream.celery_app import create_celery
 
@@ -80,3 +81,30 @@ def big_result(size: int, after: float = 1.0) -> str:
     """A result of `size` characters, after a pause that lets a waiting `.get()` subscribe."""
     time.sleep(after)
     return "x" * size
+
+
+class PaymentError(Exception):
+    """An exception of a project's own, with arguments that are not one message."""
+
+    def __init__(self, code: int, detail: dict[str, Any], extra: list[int] | None = None):
+        super().__init__(code, detail, extra)
+        self.code = code
+
+
+@shared_task
+def refuse_payment() -> None:
+    raise PaymentError(402, {"reason": "card declined"}, [1, 2])
+
+
+@shared_task
+def look_up(key: str) -> None:
+    raise KeyError(key)
+
+
+@shared_task(bind=True)
+def fail_by_hand(self: Any, message: str) -> None:
+    """Celery's documented way to fail a task with a state of one's own choosing."""
+    self.update_state(
+        state=states.FAILURE, meta={"exc_type": "ValueError", "exc_message": [message]}
+    )
+    raise Ignore()

@@ -377,6 +377,30 @@ def test_get_learns_the_outcome_announced_while_its_subscription_was_down(tmp_pa
         server.stop()
 
 
+def test_get_raises_the_tasks_own_exception_with_its_arguments(app, rec):
+    from tests.record_app import PaymentError
+
+    refused = app.tasks["tests.record_app.refuse_payment"].delay()
+    with pytest.raises(PaymentError) as raised:
+        refused.get(timeout=30)
+    assert raised.value.code == 402
+    assert raised.value.args == (402, {"reason": "card declined"}, [1, 2])
+    missing = app.tasks["tests.record_app.look_up"].delay("missing")
+    with pytest.raises(KeyError) as raised_key:
+        missing.get(timeout=30)
+    assert raised_key.value.args == ("missing",)
+    # Clients read the exception as before: its class and its text.
+    snap = httpx.get(f"{rec.url}/tasks/{missing.id}").json()
+    assert snap["error"] == {"type": "KeyError", "message": "'missing'"}
+
+    by_hand = app.tasks["tests.record_app.fail_by_hand"].delay("bad input")
+    with pytest.raises(ValueError, match="bad input"):
+        by_hand.get(timeout=30)
+    snap = httpx.get(f"{rec.url}/tasks/{by_hand.id}").json()
+    assert snap["state"] == "FAILURE"
+    assert snap["error"] == {"type": "ValueError", "message": "bad input"}
+
+
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
     result = app.tasks["tests.record_app.explode"].delay("boom")
     with pytest.raises(KeyError) as raised:
