@@ -201,6 +201,7 @@ def utcnow() -> str:
 # One encoder for every call: json.dumps with any non-default option builds an encoder per call
 # (a change's record encodes each of its ~14 fields).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder()
 
 
 def dumps(value: Any) -> str:
@@ -305,17 +306,23 @@ class Header(NamedTuple):
 def split_announcement(message: str) -> tuple[Header, str]:
     """An announcement as published by the record script: its header, and the snapshot JSON.
 
-    The header's strings are JSON; where none holds an escape they are read by stripping their
-    quotes, without a JSON parser: every web process does this once per change it hears.
+    The header's strings are JSON; where none holds a space or an escape (nearly always) they are
+    read by stripping their quotes, without a JSON parser: every web process does this once per
+    change it hears. A task id or a custom state may hold either: then they are decoded whole.
     """
     header, data = message.split("\n", 1)
-    g, seq, task_id, state, owner = header.split(" ", 4)
-    if "\\" in header:
-        return (
-            Header(int(g), int(seq), json.loads(task_id), json.loads(state), json.loads(owner)),
-            data,
-        )
-    return Header(int(g), int(seq), task_id[1:-1], state[1:-1], owner[1:-1]), data
+    if header.count(" ") == 4 and "\\" not in header:
+        g, seq, task_id, state, owner = header.split(" ", 4)
+        return Header(int(g), int(seq), task_id[1:-1], state[1:-1], owner[1:-1]), data
+    g, seq, rest = header.split(" ", 2)
+    strings = []
+    at = 0
+    for _ in range(3):
+        value, at = _DECODER.raw_decode(rest, at)
+        strings.append(value)
+        at += 1  # the space between them
+    task_id, state, owner = strings
+    return Header(int(g), int(seq), task_id, state, owner), data
 
 
 def new_task_fields(

@@ -9,7 +9,14 @@ import pytest
 import redis
 
 from taskstream.keys import Keys
-from taskstream.record import Change, Recorder, Status, split_announcement
+from taskstream.record import (
+    Change,
+    Recorder,
+    Status,
+    new_task_fields,
+    split_announcement,
+    utcnow,
+)
 from tests.harness import accept_directly, new_prefix
 
 
@@ -60,6 +67,24 @@ def test_every_change_is_logged_and_announced_with_its_seq(recorder):
     assert [entry_id for entry_id, _ in logged] == ["1-0", "2-0", "3-0"]
     assert [fields["d"] for _, fields in logged] == [data for _, data in announced]
     assert json.loads(announced[-1][1])["started_at"] == "first"
+    pubsub.close()
+
+
+def test_an_announcement_names_its_task_whatever_the_id_holds(recorder):
+    # Celery takes any string as a task id (apply_async(task_id=...)), and a custom state is any
+    # string too: the header's fields are read whole, spaces, quotes and escapes included.
+    pubsub = recorder.client.pubsub()
+    pubsub.subscribe(recorder.keys.channel)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    for task_id in ("job 42", 'nightly "report" 7 ', "tab\there é"):
+        recorder.record(
+            Change(task_id, new_task_fields(task_id, "add", utcnow()), create=True, score=1.0)
+        )
+        recorder.record(Change(task_id, {"state": "IN REVIEW", "progress": None}))
+        created, custom = (split_announcement(pubsub.get_message(timeout=2)["data"]) for _ in "ab")
+        assert (created[0].task_id, created[0].state) == (task_id, "PENDING")
+        assert (custom[0].task_id, custom[0].state) == (task_id, "IN REVIEW")
+        assert json.loads(custom[1])["id"] == task_id
     pubsub.close()
 
 
