@@ -87,7 +87,7 @@ def rows(f: Figures) -> list[tuple[str, ...]]:
         ("hub CPU per change served, up to the write, to a stream written directly (HTTP/1.1)",
          f"{hub.served_direct_us:.0f} µs at {hub.rate:,}/s", "<= 50 µs",
          _ok(hub.served_direct_us <= 50)),
-        ("... to a stream whose task sends it (HTTP/2, HEAD, mounted)",
+        ("... to a stream whose task sends it (HTTP/2, mounted)",
          f"{hub.served_us:.0f} µs at {hub.rate:,}/s; {hub.served_burst_us:.0f} µs in a burst",
          "", ""),
         ("4 web processes, 1 streaming 1 task, other tasks changing",

@@ -230,10 +230,17 @@ def _no_content() -> Response:
 
 
 def _stream_response(body: StreamBody) -> Response:
-    # However the request ends (even abandoned before its body is read), the stream gives back
-    # its slot and subscription when the request's ASGI call returns.
-    on_end(request.scope, body.release)
-    response = Response(body, status=200)
+    if request.method == "HEAD":
+        # The headers a GET would have, and no stream: Quart runs HEAD through the GET handler,
+        # and a stream whose body is never sent would hold the connection (and its slot and
+        # subscription) until its task ended, or for ever on GET /events.
+        body.release()
+        response = Response(b"", status=200)
+    else:
+        # However the request ends (even abandoned before its body is read), the stream gives
+        # back its slot and subscription when the request's ASGI call returns.
+        on_end(request.scope, body.release)
+        response = Response(body, status=200)
     # Set by hand: Quart would add a charset to text/*, which the contract does not show.
     response.headers["Content-Type"] = "text/event-stream"
     response.headers["Cache-Control"] = "no-cache"

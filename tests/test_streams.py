@@ -166,3 +166,16 @@ def test_global_stream_resumes_after_an_id_and_starts_now_for_an_id_from_the_fut
     later = submit(service.url, "sleep", seconds=0.5, steps=1)
     live = first_event("?last_event_id=999999999999", later["id"])
     assert live > replayed
+
+
+def test_head_on_a_stream_answers_its_headers_and_frees_the_connection(service):
+    task = submit(service.url, "sleep", seconds=3, steps=3)
+    # One connection, kept alive: a HEAD that ran the whole stream would hold it (and a stream
+    # slot and a subscription) until the task ended, or for ever on GET /events.
+    with httpx.Client(base_url=service.url, timeout=2, limits=httpx.Limits(max_connections=1)) as c:
+        for path in (f"/tasks/{task['id']}/events", "/events"):
+            answer = c.head(path)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"] == "text/event-stream"
+            assert c.get("/healthz").status_code == 200
+        assert c.head("/tasks/no-such-task/events").status_code == 404
