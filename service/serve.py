@@ -107,7 +107,7 @@ async def _serve(sock: socket.socket, siblings: _Siblings | None) -> None:
 
     from taskstream import logs
     from taskstream.settings import Settings
-    from taskstream.web import lean, read_ahead
+    from taskstream.web import h2_window, lean, read_ahead
     from taskstream.web.app import create_app
     from taskstream.web.services import Services
 
@@ -115,6 +115,8 @@ async def _serve(sock: socket.socket, siblings: _Siblings | None) -> None:
     logs.configure(settings.log_level, settings.log_format)
     # Hypercorn would not hear a client that half-closes with a request queued (see the module).
     read_ahead.install()
+    # An HTTP/2 client that grants no window would be buffered for without bound (the module).
+    h2_window.install()
     lean.install()
     app = create_app(settings)
     svc: Services = app.extensions["taskstream"]

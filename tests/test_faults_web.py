@@ -121,6 +121,44 @@ def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_se
     stalled.close()
 
 
+def test_an_http2_client_that_grants_no_window_is_dropped_too(make_service):
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    svc = make_service(STREAM_WRITE_TIMEOUT_SECONDS="1", STREAM_BUFFER="8")
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    task_id = accept_directly(recorder)
+    # HTTP/2 (prior knowledge) with a flow-control window of 0: the server may send headers but
+    # no data, as a client that stopped reading its streams ends up.
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.send_headers(1, [(":method", "GET"), (":path", f"/tasks/{task_id}/events"),
+                            (":scheme", "http"), (":authority", f"127.0.0.1:{svc.ports[0]}")],
+                        end_stream=True)  # fmt: skip
+    stalled = socket.create_connection(("127.0.0.1", svc.ports[0]))
+    stalled.sendall(client.data_to_send())
+    deadline = time.monotonic() + 10
+    while metric(svc.url, "open_streams") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(svc.url, "open_streams") == 1
+    big = "x" * 4_000
+    for n in range(1, 101):
+        progress = {"current": n, "total": 100, "percent": n, "message": big}
+        recorder.record(Change(task_id, {"state": "PROGRESS", "progress": progress}))
+    recorder.client.close()
+    # What it cannot take is held in a bounded buffer, and the client is dropped in time: it
+    # was held in Hypercorn's, without bound, for as long as the connection stayed open.
+    deadline = time.monotonic() + 10
+    while metric(svc.url, "slow_clients_dropped_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(svc.url, "slow_clients_dropped_total") == 1
+    assert metric(svc.url, "open_streams") == 0
+    stalled.close()
+
+
 def test_metrics_follow_streams_and_tasks(service):
     before_submitted = metric(service.url, "tasks_submitted_total")
     snap = submit(service.url, "sleep", seconds=2, steps=2)
