@@ -201,16 +201,19 @@ def _submissions() -> list[type[BaseModel]]:
 # that does not fit is answered with the model's `invalid` problem (service/problems.py).
 
 
-def _blank_is_absent(value: Any) -> Any:
+def _event_id(value: Any) -> Any:
     # EventSource sends no Last-Event-ID on a first connection; a blank value means the same.
+    # An id is the digits the stream sent: "2.0" or "+2" were never sent as an id.
     if isinstance(value, str):
-        return value.strip() or None
+        value = value.strip()
+        if not value:
+            return None
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError("not the digits of an event id")
     return value
 
 
-EventId = Annotated[
-    Annotated[int, Field(ge=0, le=MAX_EVENT_ID)] | None, BeforeValidator(_blank_is_absent)
-]
+EventId = Annotated[Annotated[int, Field(ge=0, le=MAX_EVENT_ID)] | None, BeforeValidator(_event_id)]
 _BAD_EVENT_ID = f"must be an integer from 0 to {MAX_EVENT_ID}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 from quart import Quart
 
 from taskstream.settings import Settings
@@ -50,7 +51,9 @@ async def test_a_bad_list_query_is_a_422_naming_each_parameter(app, query, field
 
 @pytest.mark.parametrize("path", ["/events", "/tasks/some-id/events"])
 # 2**63 parses, but Redis stream ids are 64-bit: it would fail mid-stream, after the 200.
-@pytest.mark.parametrize("value", ["abc", "-1", str(MAX_EVENT_ID + 1), str(2**64), "1.5"])
+@pytest.mark.parametrize(
+    "value", ["abc", "-1", str(MAX_EVENT_ID + 1), str(2**64), "1.5", "2.0", "-0", "1e0", "0x2"]
+)
 async def test_a_bad_event_id_is_a_400_in_the_query_or_the_header(app, path, value):
     status, body = await problem(app, f"{path}?last_event_id={value}")
     assert (status, body["type"]) == (400, "/problems/bad-event-id")
@@ -76,6 +79,9 @@ def test_the_header_wins_and_a_blank_id_counts_as_absent():
     assert StreamHeaders(last_event_id="9").resume_after(query) == 9
     assert StreamHeaders().resume_after(StreamQuery()) is None
     assert StreamHeaders(last_event_id=str(MAX_EVENT_ID)).last_event_id == MAX_EVENT_ID
+    # ("+2" in a query is " 2", URL encoding's space; in a header it is no id a stream sent.)
+    with pytest.raises(ValidationError):
+        StreamHeaders(last_event_id="+2")
 
 
 async def test_the_document_states_what_is_validated(app):
