@@ -164,7 +164,8 @@ def arguments_model(fn: Callable[..., Any], bound: bool = False, name: str = "")
     """A pydantic model of the function's arguments from its signature and type hints.
 
     A parameter without a hint takes any JSON value; a hint pydantic cannot build a schema for
-    is treated the same way. `**kwargs` admits other names; `*args` is not submittable.
+    is treated the same way. `**kwargs` admits other names; `*args` is not submittable, nor a
+    positional-only parameter without a default (refused here).
     """
     signature = inspect.signature(fn)
     hints = _hints(getattr(fn, "__func__", fn))
@@ -177,6 +178,12 @@ def arguments_model(fn: Callable[..., Any], bound: bool = False, name: str = "")
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             extra = "allow"
             continue
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY and param.default is param.empty:
+            raise TypeError(
+                f"{name or fn.__name__}: parameter {param.name!r} is positional-only, and a "
+                "submission gives arguments by name (JSON keyword arguments); make it a plain "
+                "parameter to submit the task over HTTP"
+            )
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
             continue
         hint = _jsonable(hints.get(param.name, Any))

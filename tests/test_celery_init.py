@@ -146,6 +146,21 @@ def test_the_decorator_refuses_an_existing_task_and_says_what_to_do(registry):
         submittable(existing)
 
 
+def test_a_required_positional_only_parameter_is_refused_at_start():
+    # A submission sends keyword arguments (JSON), which cannot give `a`: say so when the task
+    # is made submittable, not with a 500 at its first submission.
+    def posonly(a: int, /, b: int) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="positional-only"):
+        arguments_model(posonly)
+
+    def optional(a: int = 1, /, b: int = 2) -> None:
+        pass
+
+    assert list(arguments_model(optional).model_fields) == ["b"]
+
+
 def test_no_hints_means_any_json_and_kwargs_admit_other_names():
     def loose(a, b=2, **rest):
         pass
