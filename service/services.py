@@ -27,6 +27,7 @@ from taskstream.settings import Settings
 from taskstream.web.auth import Authenticator
 from taskstream.web.hub import Hub
 from taskstream.web.metrics import Metrics
+from taskstream.web.problems import Problem
 from taskstream.web.queues import QueueDepths
 from taskstream.web.security import StreamSlots
 from taskstream.web.session_streams import SessionStreams
@@ -155,6 +156,14 @@ class Services:
 
         On a Redis broker, straight from the event loop with the record (fast_publish); else,
         or where that path cannot send the message as Celery would, Celery's own publish."""
+        if self.celery.conf.task_always_eager:
+            # Celery would run the task here, holding the event loop for all of its run, and
+            # then fail the request with the task already done: a configuration to refuse.
+            log.error("task_always_eager is set on the Celery app: submissions are refused")
+            raise Problem(503, "Service Unavailable",
+                          "The Celery app runs tasks eagerly (task_always_eager), which would run "
+                          "them inside the web process; unset it to submit.",
+                          kind="queue-unavailable")  # fmt: skip
         task = self.celery.tasks[name]
         outcome = await self.fast.submit(task, task_id, kwargs, owner, rerun_of)
         if outcome is not None:

@@ -223,6 +223,21 @@ async def test_a_task_class_with_its_own_apply_async_goes_through_it(make_app, r
     assert message["headers"]["tenant"] == "acme"
 
 
+async def test_an_app_in_eager_mode_is_refused_a_submission_not_run_in_the_web(make_app, raw):
+    # task_always_eager would run the task inside the web process (holding its event loop for
+    # the task's whole run) and then fail the request: refused before anything is sent or run.
+    app = await make_app()
+    svc = services_of(app)
+    svc.celery.conf.task_always_eager = True
+    listed = await (await app.test_client().get("/tasks")).get_json()
+    response = await post(app, x=1, y=2)
+    assert response.status_code == 503
+    problem = await response.get_json()
+    assert problem["type"] == "/problems/queue-unavailable"
+    assert "task_always_eager" in problem["detail"]
+    assert await (await app.test_client().get("/tasks")).get_json() == listed
+
+
 async def test_a_push_that_fails_leaves_the_task_failed(make_app, raw):
     app = await make_app()
     svc = services_of(app)
