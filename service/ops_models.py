@@ -63,7 +63,9 @@ class RuntimeSummary(BaseModel):
 
 
 class Stats(BaseModel):
-    """Counts per state, and throughput over the last hour as the workers recorded it."""
+    """Counts per state, and throughput over the last hour: for an admin (or with authentication
+    off) the deployment's, as the workers recorded it; for any other caller, that of its own
+    tasks among the newest 10,000 (each counted once by how it ended, retries not apart)."""
 
     states: dict[str, int] = Field(
         description="Tasks per current state, among the newest tasks the caller may see "

@@ -9,12 +9,13 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from quart import Blueprint, Response, request
 from quart_schema import validate_response
 
-from taskstream.monitor import Worker
+from taskstream.monitor import OUTCOMES, Worker, percentile
 from taskstream.record import Change, utcnow
 from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
@@ -105,32 +106,71 @@ async def queues() -> Answered:
     return body, 200, NO_STORE
 
 
-async def _state_counts(svc: Services) -> tuple[dict[str, int], int]:
+# What /stats reads of each of the newest tasks: all of it for a caller who is not an admin, whose
+# throughput is that of its own tasks.
+_STATS_FIELDS = ["state", "owner", "task", "finished_at", "runtime"]
+
+
+async def _visible_rows(svc: Services) -> list[list[Any]]:
+    """The newest tasks (up to COUNT_LIMIT) the caller may see: their _STATS_FIELDS, decoded."""
     ids = [t for t, _ in await svc.record.recent(float("inf"), COUNT_LIMIT)]
     caller = current_caller()
     async with svc.redis.pipeline(transaction=False) as pipe:
         for task_id in ids:
-            pipe.hmget(svc.record.keys.task(task_id), ["state", "owner"])
+            pipe.hmget(svc.record.keys.task(task_id), _STATS_FIELDS)
         rows = await pipe.execute()
-    counts = {str(s): 0 for s in TaskState}
-    counted = 0
-    for state, owner in rows:
-        if state is None:
+    visible = []
+    for row in rows:
+        if row[0] is None:
             continue
-        if not caller.admin and not caller.sees(json.loads(owner or '""')):
+        decoded = [None if value is None else json.loads(value) for value in row]
+        if caller.admin or caller.sees(decoded[1] or ""):
+            visible.append(decoded)
+    return visible
+
+
+def _own_throughput(rows: list[list[Any]], names: list[str], now: float) -> dict[str, Any]:
+    """Throughput as the workers' figures give it (Monitor.throughput), from the caller's own
+    tasks: how each ended (a retried attempt is not counted apart) and how long it ran."""
+    last = int(now // 60)
+    minutes = {m: dict.fromkeys(map(str, OUTCOMES), 0) for m in range(last - 59, last + 1)}
+    runtimes: dict[str, list[float]] = {name: [] for name in names}
+    for state, _, task, finished_at, runtime in rows:
+        if state not in OUTCOMES or not isinstance(finished_at, str):
             continue
-        counts[json.loads(state)] = counts.get(json.loads(state), 0) + 1
-        counted += 1
-    return counts, counted
+        try:
+            ended = datetime.fromisoformat(finished_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        minute = minutes.get(int(ended // 60))
+        if minute is None:
+            continue  # not in the last hour
+        minute[state] += 1
+        if task in runtimes and isinstance(runtime, int | float) and state != TaskState.REVOKED:
+            runtimes[task].append(float(runtime))
+    summaries = []
+    for name, values in runtimes.items():
+        values.sort()
+        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+        summaries.append({"task": name, "count": len(values), "p50": p50, "p95": p95})
+    per_minute = [{"minute": m * 60, **counts} for m, counts in sorted(minutes.items())]
+    return {"per_minute": per_minute, "runtimes": summaries}
 
 
 @bp.get("/stats")
 @validate_response(om.Stats)
 async def stats() -> Answered:
     svc = services()
-    states, counted = await _state_counts(svc)
-    throughput = await svc.monitor.throughput(_task_names())
-    body = om.Stats(states=states, counted=counted, **throughput)
+    rows = await _visible_rows(svc)
+    states = {str(s): 0 for s in TaskState}
+    for row in rows:
+        states[row[0]] = states.get(row[0], 0) + 1
+    if current_caller().admin:
+        throughput = await svc.monitor.throughput(_task_names())
+    else:
+        # Not the deployment's figures, which would tell one caller how much the others send.
+        throughput = _own_throughput(rows, _task_names(), time.time())
+    body = om.Stats(states=states, counted=len(rows), **throughput)
     return body, 200, NO_STORE
 
 

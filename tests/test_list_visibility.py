@@ -4,6 +4,7 @@ In-process against a real Redis; tasks are recorded as the web records them."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from taskstream.record import Change, new_task_fields, utcnow
@@ -90,3 +91,32 @@ async def test_admin_filters_find_old_matches_behind_many_newer_tasks(make_app):
     for limit in (1, 5, 50):
         assert (await every_page(client, OPS, f"limit={limit}&state=FAILURE"))[0] == [failed]
         assert (await every_page(client, OPS, f"limit={limit}&task=sleep"))[0] == [slept]
+
+
+async def ran(owner: str, state: TaskState, runtime: float) -> None:
+    """A task of `owner` that ran for `runtime` seconds and ended `state`, as a worker records."""
+    task_id = await record(owner, 1.0)
+    started = time.time() - runtime
+    await services().record.record(
+        Change(task_id, {"state": "STARTED", "started_ts": started}, clock=started)
+    )
+    await services().record.record(
+        Change(task_id, {"state": state, "finished_at": utcnow()}, clock=started + runtime)
+    )
+
+
+async def test_throughput_and_runtimes_of_a_caller_are_its_own_tasks(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        await ran("alice", TaskState.SUCCESS, 0.5)
+        await ran("alice", TaskState.SUCCESS, 1.5)
+        for _ in range(3):
+            await ran("mallory", TaskState.FAILURE, 9.0)
+    response = await client.get("/stats", headers={"Authorization": f"Bearer {ALICE}"})
+    body = await response.get_json()
+    assert body["counted"] == 2
+    totals = {s: sum(m[s] for m in body["per_minute"]) for s in ("SUCCESS", "FAILURE")}
+    assert totals == {"SUCCESS": 2, "FAILURE": 0}
+    add = next(r for r in body["runtimes"] if r["task"] == "add")
+    assert (add["count"], add["p50"], add["p95"]) == (2, 0.5, 1.5)
