@@ -288,7 +288,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "metricsToken": {"type": "http", "scheme": "bearer",
                      "description": "METRICS_TOKEN, for scrapers: `GET /metrics` only."},
 }  # fmt: skip
-_OPEN = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
+_OPEN = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "docs", "static"}
 
 
 def _security(endpoint: str) -> list[dict[str, list[str]]]:

@@ -17,8 +17,9 @@ from taskstream.keys import Keys
 from taskstream.web.auth import LOCAL, Authenticator, Caller
 from taskstream.web.problems import Problem
 
-# Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in).
-PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "openapi", "docs", "static"}
+# Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in). Not
+# the API's description: it names the deployment's submittable tasks, as GET /task-types does.
+PUBLIC = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "docs", "static"}
 # Orchestrators probe by address: health answers whatever the Host.
 _PROBES = {"tasks.healthz", "tasks.readyz"}
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}

@@ -58,15 +58,19 @@ def submit_as(svc: Service, name: str, task: str, **kwargs: object) -> dict:
 def test_every_api_route_needs_a_valid_token(secure):
     for method, path in [("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/events"),
                          ("GET", "/task-types"), ("GET", "/tasks/x"), ("DELETE", "/tasks/x"),
-                         ("GET", "/metrics")]:  # fmt: skip
+                         ("GET", "/metrics"), ("GET", "/openapi.json")]:  # fmt: skip
         for headers in ({}, {"Authorization": "Bearer forged-token"},
                         {"Authorization": f"Basic {TOKENS['alice']}"}):  # fmt: skip
             response = httpx.request(method, secure.url + path, headers=headers, json={})
             assert response.status_code == 401, (method, path, headers)
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert response.headers["content-type"] == "application/problem+json"
-    for path in ("/healthz", "/readyz", "/", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/", "/docs"):
         assert httpx.get(secure.url + path).status_code == 200
+    # The API's description names the deployment's submittable tasks and their arguments, as
+    # GET /task-types does: for callers only.
+    document = httpx.get(f"{secure.url}/openapi.json", headers=auth("bob"))
+    assert document.status_code == 200 and "paths" in document.json()
 
 
 def test_a_task_belongs_to_its_submitter(secure):
@@ -241,6 +245,9 @@ def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(se
         browser = playwright.chromium.launch(executable_path=require_chromium(), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
+            # The API's description is for callers: the page says where to sign in.
+            page.goto(secure.url + "/docs")
+            page.wait_for_selector("#description a[href='./']")
             page.goto(secure.url + "/")
             page.fill("#signin-token", "wrong-token-123")
             page.click("#signin button")
@@ -253,6 +260,9 @@ def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(se
             assert page.locator(f'li.task[data-task-id="{bobs}"]').count() == 0
             cookies = {c["name"]: c for c in page.context.cookies()}
             assert cookies["taskstream_session"]["httpOnly"] is True
+            # Signed in, the session cookie reads it.
+            page.goto(secure.url + "/docs")
+            page.wait_for_selector("#main section h2")
         finally:
             browser.close()
 

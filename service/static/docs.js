@@ -122,10 +122,23 @@ function render(doc) {
 // Relative: the page and the document sit side by side wherever the API is mounted.
 fetch("openapi.json")
   .then((response) => {
+    if (response.status === 401) return null;
     if (!response.ok) throw new Error("HTTP " + response.status);
     return response.json();
   })
-  .then(render)
+  .then((doc) => {
+    if (doc) {
+      render(doc);
+      return;
+    }
+    // With authentication on, the description is for callers: the dashboard signs in (its
+    // session cookie then comes with this page's request).
+    const message = document.getElementById("description");
+    const link = document.createElement("a");
+    link.href = "./";
+    link.textContent = "Sign in on the dashboard";
+    message.replaceChildren(link, " to read the API's description, then come back.");
+  })
   .catch((error) => {
     const message = document.getElementById("description");
     message.className = "error";
