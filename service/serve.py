@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -28,6 +29,22 @@ log = logging.getLogger("taskstream.web.serve")
 _PR_SET_PDEATHSIG = 1
 # How long open requests other than streams may take to finish after SIGTERM.
 GRACEFUL_SECONDS = 10.0
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a server listens on host:port already. Every process of a deployment binds with
+    SO_REUSEPORT, which would also let a second, unrelated server bind beside it and take a
+    share of its connections unnoticed; a socket without it cannot bind there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no server
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -175,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() == 1:
             return 0
     raise_open_file_limit()
+    if not args.sibling and int(port) and port_in_use(host, int(port)):
+        print(f"{host}:{port} is in use: another server listens there", file=sys.stderr)
+        return 1
     sock = listening_socket(host, int(port))
     siblings = None
     if not args.sibling and settings.web_processes > 1:

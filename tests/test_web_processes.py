@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -94,3 +95,18 @@ def test_sigterm_to_the_main_pid_ends_every_stream_at_once_and_clients_resume(ma
         rest = read_stream(svc.url_of(1), task_id, headers={"Last-Event-ID": str(seen[-1][0])})
         assert_contiguous([i for i, _ in seen + rest], first=1)
         assert rest[-1][1]["state"] == "SUCCESS"
+
+
+def test_a_second_server_on_a_port_in_use_refuses_to_start(make_service):
+    # Every process binds with SO_REUSEPORT (the kernel spreads connections over a deployment's
+    # own processes), which would also let a second `make run` bind beside the first and take
+    # half its connections, unnoticed.
+    svc = make_service()
+    svc.start_web()
+    second = subprocess.run(
+        web_command("127.0.0.1", svc.ports[0]), env=svc.env, capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert f"127.0.0.1:{svc.ports[0]} is in use" in second.stderr
+    assert httpx.get(f"{svc.url}/healthz").status_code == 200
