@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 _client: tuple[int, redis.Redis, Keys] | None = None
 # Start times of the attempts this pool process is running, by task id.
 _started: dict[str, float] = {}
+# Who each worker of this process is, as it said when ready: said again with every heartbeat, so
+# that a Redis that lost its data (a restart without persistence) learns it again.
+_identity: dict[str, dict[str, Any]] = {}
 
 
 def _redis() -> tuple[redis.Redis, Keys]:
@@ -69,12 +72,15 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     queues = ",".join(q.name for q in sender.task_consumer.queues)
     now = time.time()
 
+    identity = _identity[hostname] = {
+        "pid": os.getpid(), "pool": pool, "queues": queues, "started_at": now,
+    }  # fmt: skip
+
     def write(pipe: Any, keys: Keys) -> None:
         # A worker restarted under the same name starts its counts again, as Celery's own do.
         key = keys.worker(hostname)
         pipe.delete(key)
-        pipe.hset(key, mapping={"pid": os.getpid(), "pool": pool, "queues": queues,
-                                "started_at": now, "heartbeat": now, "active": 0, "reserved": 0,
+        pipe.hset(key, mapping={**identity, "heartbeat": now, "active": 0, "reserved": 0,
                                 "processed": 0, "failed": 0})  # fmt: skip
         pipe.zadd(keys.workers, {hostname: now})
 
@@ -86,8 +92,10 @@ def _on_heartbeat(sender: Any = None, **_: Any) -> None:
     hostname = sender.eventer.hostname
     now = time.time()
 
+    identity = _identity.get(hostname, {})
+
     def write(pipe: Any, keys: Keys) -> None:
-        pipe.hset(keys.worker(hostname), "heartbeat", now)
+        pipe.hset(keys.worker(hostname), mapping={**identity, "heartbeat": now})
         pipe.zadd(keys.workers, {hostname: now})
 
     _report("heartbeat", write)

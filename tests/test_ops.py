@@ -150,6 +150,28 @@ def test_workers_report_themselves_and_go_offline_when_killed(make_service) -> N
     httpx.delete(f"{svc.url}/tasks/{task_id}", timeout=5)
 
 
+def test_a_worker_reports_its_pool_and_queues_again_after_redis_lost_them(make_service) -> None:
+    # A Redis restarted without its data keeps the worker's heartbeat coming, but it said who it
+    # is (pool, queues) only when it became ready: the Queues panel went empty for good.
+    svc: Service = make_service()
+    svc.start_worker(concurrency=2, name="alpha")
+    svc.start_web()
+
+    def described() -> dict | None:
+        body = httpx.get(f"{svc.url}/workers", timeout=5).json()
+        found = [w for w in body["workers"] if w["online"] and w["pool"] == 2 and w["queues"]]
+        return found[0] if found else None
+
+    hostname = _wait(described, what="the worker online")["hostname"]
+    client = redis.Redis.from_url(svc.redis_url)
+    client.delete(f"{svc.prefix}:worker:{hostname}", f"{svc.prefix}:workers")
+    client.close()
+    again = _wait(described, timeout=10, what="the worker described again")
+    assert again["queues"] == [f"{svc.prefix}.tasks"]
+    queues = httpx.get(f"{svc.url}/queues", timeout=5).json()
+    assert [q["name"] for q in queues["queues"]] == [f"{svc.prefix}.tasks"]
+
+
 def test_queue_depth_counts_waiting_messages(make_service) -> None:
     svc: Service = make_service()
     svc.start_worker(concurrency=1)
