@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
-from tests.harness import DESKTOP, ROOT, Service, submit
+from tests.harness import DESKTOP, ROOT, Service, poll_until_done, submit
 
 PHONE = {"width": 390, "height": 844}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
@@ -226,6 +226,23 @@ def test_missing_required_argument_is_reported_on_its_field(service: Service, op
     page.locator("#arg-y-error").wait_for()
     assert "required" in page.inner_text("#arg-y-error").lower()
     assert page.locator("#arg-x-error").is_hidden()
+
+
+def test_an_empty_required_text_field_is_reported_not_sent_blank(service: Service, open_page):
+    page = open_page(service.url + "/")
+    fill_form(page, "fail", message="")
+    with page.expect_response(lambda r: r.url.endswith("/tasks")) as answer:
+        page.click("#submit-button")
+    assert answer.value.status == 422
+    page.locator("#arg-message-error").wait_for()
+    assert "required" in page.inner_text("#arg-message-error").lower()
+
+
+def test_an_integer_past_two_to_the_53_is_sent_as_typed(service: Service, open_page) -> None:
+    # A JavaScript number would round it (9007199254740993 to ...992); the API keeps it.
+    page = open_page(service.url + "/")
+    task_id = submit_from_form(page, "add", x=9007199254740993, y=0)
+    assert poll_until_done(service.url, task_id)["result"] == 9007199254740993
 
 
 def test_form_is_usable_from_the_keyboard(service: Service, open_page) -> None:

@@ -211,3 +211,67 @@ def test_a_chords_parent_and_children_are_linked(make_service, open_page) -> Non
     hrefs = [children.nth(i).get_attribute("href") for i in range(children.count())]
     assert any(result.id in h for h in hrefs)
     assert page.locator("#detail-links dt:text-is('Group')").count() == 1
+
+
+def test_the_detail_ends_on_the_tasks_last_state_however_fast_it_changed(
+    service: Service, open_page
+) -> None:
+    # Changes arrive while the page re-reads the detail (each read answered late here, as on a
+    # slow link): a read answered after newer changes must not put the page back, and the end
+    # must be shown, with every change in the timeline.
+    page = open_page(f"{service.url}/")
+
+    def late(route: Any) -> None:
+        time.sleep(0.8)
+        route.continue_()
+
+    page.route("**/detail", late)
+    task_id = submit(service.url, "sleep", seconds=1.5, steps=150)["id"]
+    page.goto(f"{service.url}/?id={task_id}")
+    final = poll_until_done(service.url, task_id)
+    expect(page.locator("#detail")).to_have_attribute("data-seq", str(final["seq"]))
+    expect(page.locator("#detail")).to_have_attribute("data-state", "SUCCESS")
+    expect(page.locator("#timeline li")).to_have_count(final["seq"])
+    assert page.locator("#detail-cancel").is_hidden()
+
+
+def test_a_task_that_is_not_there_offers_nothing_to_do(service: Service, open_page) -> None:
+    missing = "0123456789abcdef-no-such-task"
+    page = open_page(f"{service.url}/?id={missing}")
+    page.wait_for_selector("#detail-error:not([hidden])")
+    assert page.locator("#detail-heading").inner_text() == f"Task {missing} not found"
+    assert page.locator("#detail").get_attribute("aria-busy") == "false"
+    for hidden in ("#detail-rerun", "#detail-cancel", "#detail-state"):
+        assert page.locator(hidden).is_hidden()
+
+
+def test_tasks_that_start_on_the_filtered_worker_arrive_live(make_service, open_page) -> None:
+    svc: Service = make_service()
+    worker = svc.start_worker(concurrency=2, name="only")
+    svc.start_web()
+    hostname = f"only-{svc.prefix}@"
+    page = open_page(f"{svc.url}/{FAST}")
+    expect(page.locator("tr.worker[data-online=true]")).to_have_count(1)
+    full = page.locator("tr.worker").get_attribute("data-hostname")
+    assert full and full.startswith(hostname), worker
+    page = open_page(f"{svc.url}/{FAST}&worker={full}")
+    ids = [submit(svc.url, "add", x=n, y=1)["id"] for n in range(3)]
+    for task_id in ids:
+        expect(page.locator(f'li.task[data-task-id="{task_id}"]')).to_have_count(1)
+
+
+def test_an_empty_filtered_list_says_it_is_the_filter(service: Service, open_page) -> None:
+    page = open_page(f"{service.url}/?q=no-task-starts-like-this")
+    expect(page.locator("#tasks-empty")).to_have_text("No task matches these filters.")
+
+
+def test_the_throughput_axis_labels_whole_counts_only(make_service, open_page) -> None:
+    svc: Service = make_service()
+    svc.start_worker(concurrency=1)
+    svc.start_web()
+    poll_until_done(svc.url, submit(svc.url, "add", x=1, y=1)["id"])
+    page = open_page(f"{svc.url}/{FAST}")
+    expect(page.locator("#throughput-chart rect")).not_to_have_count(0)
+    # A peak of 1: the axis reads 0 and 1, not 0, 1, 1.
+    labels = page.locator("#throughput-chart text.y-label").all_text_contents()
+    assert labels == ["0", "1"]

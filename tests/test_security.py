@@ -260,9 +260,18 @@ def test_the_dashboard_signs_in_with_a_token_and_shows_only_the_callers_tasks(se
             assert page.locator(f'li.task[data-task-id="{bobs}"]').count() == 0
             cookies = {c["name"]: c for c in page.context.cookies()}
             assert cookies["taskstream_session"]["httpOnly"] is True
+            assert page.inner_text("#account-name") == "Signed in as alice"
             # Signed in, the session cookie reads it.
             page.goto(secure.url + "/docs")
             page.wait_for_selector("#main section h2")
+            # Signing out ends the session: the page asks for a token again, and shows nothing
+            # of the dashboard behind the form.
+            page.goto(secure.url + "/")
+            page.click("#signout")
+            page.wait_for_selector("#signin:not([hidden])")
+            assert page.locator("main").is_hidden() and page.locator("#counts").is_hidden()
+            session = {"taskstream_session": cookies["taskstream_session"]["value"]}
+            assert httpx.get(f"{secure.url}/tasks", cookies=session).status_code == 401
         finally:
             browser.close()
 

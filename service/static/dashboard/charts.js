@@ -38,7 +38,11 @@ export function throughputChart(container, perMinute, outcomes) {
   for (const frac of [0, 0.5, 1]) {
     const y = 6 + plotH * (1 - frac);
     root.append(svg("line", { x1: left, x2: width - 4, y1: y, y2: y, class: "grid" }));
-    root.append(svg("text", { x: left - 4, y: y + 4, "text-anchor": "end", class: "axis" }, String(Math.round(top * frac))));
+    // Tasks are counted whole: a line between two counts (half of 1 or of 5) gets no label.
+    const value = top * frac;
+    if (Number.isInteger(value)) {
+      root.append(svg("text", { x: left - 4, y: y + 4, "text-anchor": "end", class: "axis y-label" }, String(value)));
+    }
   }
   perMinute.forEach((m, i) => {
     let y = 6 + plotH;

@@ -21,6 +21,9 @@ let taskId = null;
 let shown = null; // the latest snapshot shown
 let lastSeq = 0;
 let reloading = false;
+// Changes went on while the detail was read: read it again once this read is done.
+let reloadAgain = false;
+let rereads = 0;
 
 function json(value) {
   if (value === null || value === undefined) return "—";
@@ -89,11 +92,22 @@ function entry(e) {
   );
 }
 
+// Read the whole detail again, now or as soon as the read under way is done.
+function reload() {
+  if (reloading) {
+    reloadAgain = true;
+    return;
+  }
+  load().catch(() => {});
+}
+
 async function load() {
   reloading = true;
   try {
     const detail = await getJson(`tasks/${encodeURIComponent(taskId)}/detail`);
-    shown = detail.snapshot;
+    // A change newer than this answer may have come meanwhile: keep it, and read again.
+    if (!shown || detail.snapshot.seq >= shown.seq) shown = detail.snapshot;
+    else reloadAgain = true;
     renderHead();
     renderFacts(detail);
     ui.timeline.replaceChildren(...detail.timeline.map(entry));
@@ -102,6 +116,15 @@ async function load() {
     return detail;
   } finally {
     reloading = false;
+    // Bounded: a history that went back (Redis lost it) must not read for ever.
+    if (reloadAgain && rereads < 5) {
+      rereads += 1;
+      reloadAgain = false;
+      load().catch(() => {});
+    } else {
+      rereads = 0;
+      reloadAgain = false;
+    }
   }
 }
 
@@ -115,13 +138,11 @@ function onChange(snap) {
     const progress = snap.progress && typeof snap.progress === "object" ? snap.progress : null;
     ui.timeline.append(entry({ seq: snap.seq, state: snap.state, at: snap.updated_at, progress, message: progress?.message }));
     lastSeq = snap.seq;
-  } else if (!reloading) {
-    load().catch(() => {});
+  } else {
+    reload();
   }
   // Worker, runtime and children are recorded beside the snapshot: read them again at the end.
-  if (wasRunning && (TERMINAL.has(snap.state) || snap.state === "STARTED") && !reloading) {
-    load().catch(() => {});
-  }
+  if (wasRunning && (TERMINAL.has(snap.state) || snap.state === "STARTED")) reload();
 }
 
 async function rerun() {
@@ -159,13 +180,20 @@ export async function init(id) {
   const text = back.toString();
   ui.back.href = text ? `?${text}` : window.location.pathname;
   onApplied(onChange);
-  ui.cancel.addEventListener("click", () => cancelTask(taskId, ui.cancel));
+  // However the cancel is answered (202, or 409 when it had ended meanwhile), show the task as
+  // it now is.
+  ui.cancel.addEventListener("click", () => cancelTask(taskId, ui.cancel).then(reload));
   ui.rerun.addEventListener("click", rerun);
   try {
     await load();
     document.title = `${shown.task} ${shortId(shown.id)} · taskstream`;
   } catch {
-    ui.heading.textContent = `Task ${shortId(id)} not found`;
+    // Nothing to act on: no state, no cancel, no re-run; the id in full, as it was asked for.
+    ui.heading.textContent = `Task ${id} not found`;
+    ui.badge.hidden = true;
+    ui.cancel.hidden = true;
+    ui.rerun.hidden = true;
+    ui.panel.setAttribute("aria-busy", "false");
     $("detail-error").textContent = "No such task here, or it has expired.";
     $("detail-error").hidden = false;
   }

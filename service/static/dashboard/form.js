@@ -176,12 +176,28 @@ function clearErrors() {
   hideFormError();
 }
 
+// An integer typed beyond 2^53, which a JavaScript number would round: its digits, written into
+// the JSON body as they were typed.
+class BigDigits {
+  constructor(digits) {
+    this.digits = digits;
+  }
+
+  toJSON() {
+    return `\u0000digits:${this.digits}`;
+  }
+}
+
+function bodyOf(value) {
+  return JSON.stringify(value).replace(/"\\u0000digits:(-?\d+)"/g, "$1");
+}
+
 // Read the fields into kwargs; returns null after marking any field the browser cannot read.
 function collectKwargs() {
   const kwargs = {};
   let ok = true;
   for (const [name, field] of fieldInputs) {
-    const { input, kind, required } = field;
+    const { input, kind } = field;
     if (kind === "boolean") {
       kwargs[name] = input.checked;
       continue;
@@ -193,7 +209,10 @@ function collectKwargs() {
         ok = false;
       } else if (raw.trim() !== "") {
         const value = Number(raw);
-        if (Number.isFinite(value)) kwargs[name] = value;
+        if (/^-?\d+$/.test(raw.trim()) && !Number.isSafeInteger(value)) {
+          // Beyond what a double holds exactly: sent as its digits (see bodyOf).
+          kwargs[name] = new BigDigits(raw.trim());
+        } else if (Number.isFinite(value)) kwargs[name] = value;
         else {
           setFieldError(name, "Enter a number.");
           ok = false;
@@ -210,7 +229,8 @@ function collectKwargs() {
         setFieldError(name, "Enter valid JSON.");
         ok = false;
       }
-    } else if (raw !== "" || required) {
+    } else if (raw !== "") {
+      // Empty: left out, so a required field is answered "Field required" next to it.
       kwargs[name] = raw;
     }
   }
@@ -277,7 +297,7 @@ async function submitTask(event) {
         "Content-Type": "application/json",
         Accept: "application/json, application/problem+json",
       },
-      body: JSON.stringify({ task: type.name, kwargs }),
+      body: bodyOf({ task: type.name, kwargs }),
     });
     const body = await readJson(response);
     if (response.status === 202 && body) {

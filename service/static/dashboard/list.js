@@ -47,6 +47,24 @@ function filtering() {
   return Boolean(filters.states.length || filters.name || filters.worker || filters.q || filters.since || filters.until);
 }
 
+function showEmpty() {
+  ui.empty.hidden = tasks.size > 0;
+  ui.empty.textContent = filtering()
+    ? "No task matches these filters."
+    : "No tasks yet. Submit one with the form.";
+}
+
+// With the worker filter on, a task it does not show yet may have started on that worker: the
+// snapshot does not say which worker, so the server's list is asked again, at most once a second.
+let relistTimer = null;
+function relistSoon() {
+  if (relistTimer) return;
+  relistTimer = setTimeout(() => {
+    relistTimer = null;
+    refreshList().catch(() => {});
+  }, 1000);
+}
+
 function listUrl(cursor) {
   const query = new URLSearchParams({ limit: String(PAGE) });
   if (filters.states.length) query.set("state", filters.states.join(","));
@@ -141,7 +159,10 @@ export function apply(snap, listed = false) {
     if (shown) remove(snap.id);
     return false;
   }
-  if (!shown && !listed && filters.worker) return false;
+  if (!shown && !listed && filters.worker) {
+    if (snap.state !== "PENDING") relistSoon();
+    return false;
+  }
   if (!shown && tasks.size >= maxTasks && olderThanAllShown(snap)) return false;
   tasks.set(snap.id, snap);
   render(snap);
@@ -169,7 +190,7 @@ function flush() {
   pending = new Map();
   const start = performance.now();
   for (const snap of batch.values()) apply(snap);
-  ui.empty.hidden = tasks.size > 0;
+  showEmpty();
   // The script time of each batch, for bench/dashboard.py (Performance API, User Timing).
   performance.measure("taskstream:apply", { start, detail: batch.size });
 }
@@ -318,7 +339,7 @@ function render(snap) {
   } else if (!terminal) {
     row.cancel.hidden = false;
   }
-  ui.empty.hidden = tasks.size > 0;
+  showEmpty();
 }
 
 export function progressOf(snap) {
@@ -405,7 +426,7 @@ export async function refreshList() {
   for (const snap of items.slice().reverse()) apply(snap, true);
   if (nextCursor === null && body.next && !loadedMore) nextCursor = body.next;
   ui.more.hidden = !nextCursor;
-  ui.empty.hidden = tasks.size > 0;
+  showEmpty();
   return new Set(items.map((snap) => snap.id));
 }
 

@@ -18,6 +18,7 @@ async function signedIn() {
     return true; // unreachable: the usual retries take over
   }
   const form = document.getElementById("signin");
+  document.body.dataset.view = "signin";
   form.hidden = false;
   form.querySelector("input").focus();
   return new Promise(() => {
@@ -39,6 +40,20 @@ async function signedIn() {
   });
 }
 
+// Signed in with a session (authentication on): who, and a way out. Signing the same session
+// again with the cookie alone never moves its end; without authentication the name is empty.
+async function showAccount() {
+  const answer = await fetch("session", { method: "POST", headers: { Accept: "application/json" } }).catch(() => null);
+  const body = answer && answer.ok ? await answer.json().catch(() => null) : null;
+  if (!body || !body.name) return;
+  document.getElementById("account-name").textContent = `Signed in as ${body.name}${body.admin ? " (admin)" : ""}`;
+  document.getElementById("account").hidden = false;
+  document.getElementById("signout").addEventListener("click", async () => {
+    await fetch("session", { method: "DELETE" }).catch(() => null);
+    window.location.reload();
+  });
+}
+
 // A handle for tests and curious operators: read-only views of the page's state.
 window.taskstreamDashboard = Object.freeze({
   get mode() {
@@ -56,6 +71,7 @@ window.taskstreamDashboard = Object.freeze({
 });
 
 signedIn().then(() => {
+  showAccount();
   list.init();
   form.init();
   form.loadTaskTypes();
