@@ -19,6 +19,7 @@ from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
 from tests.harness import (
     Proc,
+    RedisServer,
     Service,
     poll_until_done,
     submit,
@@ -275,3 +276,22 @@ def test_the_throughput_axis_labels_whole_counts_only(make_service, open_page) -
     # A peak of 1: the axis reads 0 and 1, not 0, 1, 1.
     labels = page.locator("#throughput-chart text.y-label").all_text_contents()
     assert labels == ["0", "1"]
+
+
+def test_the_panels_say_when_they_are_not_current(tmp_path, open_page) -> None:
+    # With Redis away the page's stream can stay open (the web waits for Redis), while the
+    # panels' reads answer 503: they must not go on looking current.
+    server = RedisServer().start()
+    svc = Service(server.url, tmp_path)
+    try:
+        svc.start_web()
+        page = open_page(f"{svc.url}/{FAST}")
+        assert page.locator("#ops-stale").is_hidden()
+        server.halt()
+        page.wait_for_selector("#ops-stale:not([hidden])")
+        assert "503" in page.inner_text("#ops-stale")
+        server.start()
+        page.wait_for_selector("#ops-stale", state="hidden", timeout=30_000)
+    finally:
+        svc.stop()
+        server.stop()

@@ -105,8 +105,15 @@ async function refresh() {
     renderQueues(queues);
     renderStats(stats);
     document.body.dataset.opsLoaded = "true";
-  } catch {
-    // The next round tries again; the mode badge already says when the server is away.
+    $("ops-stale").hidden = true;
+  } catch (error) {
+    // The stream may stay open while the service cannot read its store (Redis down): then
+    // these panels are not current, and say so; the next round tries again.
+    const stale = $("ops-stale");
+    if (stale.hidden) {
+      stale.textContent = `Not current since ${new Date().toLocaleTimeString()}: ${error.message}. Showing what the service last said.`;
+      stale.hidden = false;
+    }
   } finally {
     busy = false;
   }
