@@ -214,6 +214,20 @@ def tenant_report(title: str) -> str:
     return title
 
 
+@submittable
+def ordered(n: int, ch: str = "x") -> str:
+    return ch * n
+
+
+async def test_task_types_list_parameters_in_the_order_args_bind_them(make_app):
+    # Positional `args` (taskctl's --arg) bind in the signature's order, which is the order
+    # GET /task-types must show: JSON answers kept their keys sorted, `ch` before `n`.
+    app = await make_app()
+    types = await (await app.test_client().get("/task-types")).get_json()
+    schema = next(t["schema"] for t in types if t["name"] == f"{__name__}.ordered")
+    assert list(schema["properties"]) == ["n", "ch"]
+
+
 async def test_a_task_class_with_its_own_apply_async_goes_through_it(make_app, raw):
     app = await make_app()
     prefix = services_of(app).settings.key_prefix
