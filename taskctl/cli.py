@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import httpx
+
 from taskstream.client import __version__, exitcodes, render
 from taskstream.client.client import Client
 from taskstream.client.errors import ProblemError, Unreachable
@@ -325,7 +327,12 @@ def _usage(text: str) -> int:
 
 def _service_url(opts: argparse.Namespace) -> str | None:
     url = opts.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     return url
@@ -343,6 +350,12 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Task text is anyone's: on a terminal or a pipe that cannot show a character, an escape
+    # instead of a crash.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         opts = _parse(parser, argv)
@@ -357,7 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[opts.command](api, opts)
     except ProblemError as exc:
         _error(render.problem_text(exc.status, exc.problem))
-        return exitcodes.USAGE if exc.client_error else exitcodes.UNAVAILABLE
+        # A 429 is a refusal too (the README's 3), though the follower waits it out.
+        refused = exc.client_error or exc.status == 429
+        return exitcodes.USAGE if refused else exitcodes.UNAVAILABLE
+    except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
+        # What the command line gave cannot be sent (a number past a float's range, text that
+        # is not Unicode, a token that cannot be a header).
+        return _usage(f"cannot send that: {exc}")
     except Unreachable as exc:
         _error(str(exc))
         return exitcodes.UNAVAILABLE

@@ -20,7 +20,7 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
 from taskstream.client import __version__
-from taskstream.client.errors import ProblemError, Unreachable, describe
+from taskstream.client.errors import NotTheService, ProblemError, Unreachable, describe, safe_url
 from taskstream.client.follow import (
     AsyncFollow,
     Follow,
@@ -32,6 +32,10 @@ from taskstream.client.follow import (
 # The service sends a keepalive at least every 15 s, so a stream silent for three of those is dead.
 STREAM_TIMEOUT = httpx.Timeout(10, read=45)
 DEFAULT_TIMEOUT = 10.0
+# Each follow holds a connection for as long as its task runs: httpx's default of 100 in all
+# made a client's 101st follow (and any call beside 100 follows) fail as if the service were
+# down. The service bounds the streams a caller may hold (MAX_STREAMS_PER_CALLER).
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20)
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,21 @@ class Page:
 
 
 def task_path(task_id: str) -> str:
-    # An id with a slash or a question mark must not reach another route.
-    return f"/tasks/{quote(task_id, safe='')}"
+    # An id with a slash or a question mark must not reach another route, nor one of dots,
+    # which a URL takes as "this folder" or "the one above" (`.` would read the task list).
+    segment = quote(task_id, safe="")
+    if segment in ("", ".", ".."):
+        segment = segment.replace(".", "%2E") or "%20"
+    return f"/tasks/{segment}"
 
 
 def _answer(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 400:
         raise ProblemError.from_response(response)
+    if response.status_code not in (204, 304) and (
+        response.is_redirect or "json" not in response.headers.get("content-type", "")
+    ):
+        raise NotTheService.of(response)
     return response
 
 
@@ -100,7 +112,7 @@ class _Base:
         self._headers = _headers(token, user_agent)
 
     def _unreachable(self, exc: Exception) -> Unreachable:
-        return Unreachable(f"cannot reach {self.url} ({describe(exc)})")
+        return Unreachable(f"cannot reach {safe_url(self.url)} ({describe(exc)})")
 
 
 class Client(_Base):
@@ -130,7 +142,11 @@ class Client(_Base):
     ):
         super().__init__(url, token, user_agent)
         self._http = httpx.Client(
-            base_url=self.url, timeout=timeout, headers=self._headers, transport=transport
+            base_url=self.url,
+            timeout=timeout,
+            headers=self._headers,
+            transport=transport,
+            limits=_LIMITS,
         )
         self._sleep = sleep
         self._clock = clock
@@ -224,7 +240,11 @@ class AsyncClient(_Base):
     ):
         super().__init__(url, token, user_agent)
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, headers=self._headers, transport=transport
+            base_url=self.url,
+            timeout=timeout,
+            headers=self._headers,
+            transport=transport,
+            limits=_LIMITS,
         )
         self._sleep = sleep
         self._clock = clock

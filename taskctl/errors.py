@@ -59,6 +59,32 @@ class Unreachable(TaskstreamError):
     """No usable answer from the service at all."""
 
 
+class NotTheService(Unreachable):
+    """Something answered, but not the service's API: a redirect (http to https, say), or a page
+    that is not JSON (a proxy's sign-in page). The URL is probably not the service's."""
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> NotTheService:
+        url = safe_url(str(response.request.url))
+        if response.is_redirect:
+            where = safe_url(response.headers.get("location", "?"))
+            return cls(f"{url} answered {response.status_code}, a redirect to {where}: "
+                       "use that URL as the service's")  # fmt: skip
+        kind = response.headers.get("content-type") or "no content type"
+        return cls(f"{url} answered {response.status_code} with {kind}, not the taskstream API")
+
+
+def safe_url(url: str) -> str:
+    """`url` without a password, for messages."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return url
+    if not parsed.password:
+        return url
+    return str(parsed.copy_with(password="***"))
+
+
 def describe(exc: BaseException) -> str:
     """A short reason for a transport failure, for one line on stderr."""
     text = str(exc).strip()

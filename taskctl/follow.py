@@ -38,8 +38,10 @@ log = logging.getLogger("taskstream.client")
 class FollowOptions:
     # How long the service may stay unreachable (or failing) before giving up with Unreachable.
     patience: float = 60.0
-    # Stream attempts in a row that fail before falling back to polling.
-    stream_attempts: int = 3
+    # Stream attempts in a row that fail before falling back to polling, which shows only what
+    # each poll finds: five wait ~4 s in all (0.25, 0.5, 1, 2 s), as long as a web process takes
+    # to restart, where three gave up within a second.
+    stream_attempts: int = 5
     poll_interval: float = 0.5
     # While polling, how often to try the stream again: it is cheaper and misses nothing.
     stream_retry_interval: float = 10.0

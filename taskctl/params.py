@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -16,8 +17,16 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    # 1e400 is JSON, but no float holds it: a value past that range is not a number to send.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is beyond what a float holds")
+    return value
+
+
 def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_no_constants)
+    return json.loads(text, parse_constant=_no_constants, parse_float=_finite)
 
 
 def parse_value(text: str) -> Any:

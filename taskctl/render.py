@@ -19,6 +19,16 @@ def percent_of(snap: Snapshot) -> float | None:
     return float(percent) if isinstance(percent, int | float) else None
 
 
+# Control characters (C0, DEL, C1) of text a task wrote: shown as escapes, so that a message
+# cannot clear the screen, move the cursor or set the window's title (ESC, CSI), nor break a line.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """`text` as one line a terminal shows as it is."""
+    return text.translate(_CONTROLS)
+
+
 def message_of(snap: Snapshot) -> str:
     """The one line of words worth showing beside the state."""
     error = snap.get("error")
@@ -26,14 +36,16 @@ def message_of(snap: Snapshot) -> str:
     if error and snap.get("state") in ("RETRY", "FAILURE"):
         return error_text(error)
     progress = snap.get("progress") or {}
-    return str(progress.get("message") or "")
+    return printable(str(progress.get("message") or ""))
 
 
 def error_text(error: Any) -> str:
     if isinstance(error, dict):
         kind, message = error.get("type"), error.get("message")
-        return f"{kind}: {message}" if kind and message else str(message or kind or error)
-    return str(error)
+        text = f"{kind}: {message}" if kind and message else str(message or kind or error)
+    else:
+        text = str(error)
+    return printable(text)
 
 
 def _percent_text(percent: float | None) -> str:

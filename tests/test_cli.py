@@ -408,7 +408,8 @@ def test_a_quiet_stream_counts_as_contact_with_the_service(service, proxy, runni
 
 def test_falls_back_to_polling_when_streams_keep_failing(service, proxy, running):
     proxy.refuse_streams = True
-    snap = submit(service.url, "sleep", seconds=1.5, steps=3)
+    # Longer than the ~4 s of stream attempts before polling.
+    snap = submit(service.url, "sleep", seconds=6, steps=3)
     result = taskctl("watch", snap["id"], "--json", url=proxy.url)
     assert result.returncode == OK, result.stderr
     assert "polling instead" in result.stderr
@@ -480,3 +481,92 @@ def test_an_unreachable_service_exits_4():
     result = taskctl("watch", "x", "--patience", "1", url=f"http://127.0.0.1:{free_port()}")
     assert result.returncode == UNAVAILABLE
     assert "gave up" in result.stderr
+
+
+class _NotTheService:
+    """An HTTP server that is not taskstream: a redirect to https, or an HTML page."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes = b""):
+        import http.server
+
+        answer = (status, headers, body)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                code, extra, payload = answer
+                self.send_response(code)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_url_that_is_not_the_service_says_so_and_exits_4():
+    redirect = _NotTheService(301, {"Location": "https://tasks.example/"})
+    page = _NotTheService(200, {"Content-Type": "text/html"}, b"<html>sign in</html>")
+    try:
+        result = taskctl("status", "abc", url=redirect.url)
+        assert result.returncode == UNAVAILABLE, result.stderr
+        assert "a redirect to https://tasks.example/" in result.stderr
+        assert "Traceback" not in result.stderr
+        result = taskctl("watch", "abc", "--patience", "1", url=page.url)
+        assert result.returncode == UNAVAILABLE, result.stderr
+        assert "Traceback" not in result.stderr
+        result = taskctl("status", "abc", url=page.url)
+        assert "text/html, not the taskstream API" in result.stderr
+    finally:
+        redirect.close()
+        page.close()
+
+
+def test_what_cannot_be_sent_is_a_usage_error_not_a_traceback(service):
+    for args in (("submit", "add", "x:=1e400", "y=1"), ("status", "x")):
+        url = service.url if args[0] == "submit" else "http://127.0.0.1:notaport"
+        result = taskctl(*args, url=url)
+        assert result.returncode == USAGE, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    token = cli_env(TASKSTREAM_TOKEN="t\u00f6k\u00e9n")
+    result = taskctl("status", "x", url=service.url, env=token)
+    assert result.returncode == USAGE and "Traceback" not in result.stderr
+
+
+def test_ids_of_dots_are_ids_not_paths(service):
+    for task_id in (".", ".."):
+        result = taskctl("status", task_id, url=service.url)
+        assert result.returncode == USAGE, result.stdout
+        assert "Task not found" in result.stderr
+
+
+def test_a_password_in_the_url_is_never_printed():
+    result = taskctl("status", "x", url=f"http://admin:s3cret@127.0.0.1:{free_port()}")
+    assert result.returncode == UNAVAILABLE
+    assert "s3cret" not in result.stderr and "***" in result.stderr
+
+
+def test_task_text_cannot_drive_the_terminal(service):
+    message = "ok\x1b[2J\x1b]0;pwned\x07"
+    result = taskctl("submit", "fail", f"message={message}", "--follow", url=service.url)
+    assert result.returncode == FAILURE
+    assert "\x1b" not in result.stdout + result.stderr
+    assert "\\x1b[2J" in result.stderr
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_an_escape(service):
+    env = cli_env(PYTHONIOENCODING="ascii")
+    result = taskctl("submit", "fail", "message=h\u00e9llo \u2713", "-f", url=service.url, env=env)
+    assert result.returncode == FAILURE, result.stderr
+    assert "Traceback" not in result.stderr and "h\\xe9llo" in result.stdout + result.stderr
