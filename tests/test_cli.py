@@ -492,7 +492,7 @@ class _NotTheService:
         answer = (status, headers, body)
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 code, extra, payload = answer
                 self.send_response(code)
                 for name, value in extra.items():
@@ -501,7 +501,7 @@ class _NotTheService:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_POST = do_GET  # noqa: N815
+            do_POST = do_GET
 
             def log_message(self, *args: object) -> None:
                 pass
