@@ -258,8 +258,11 @@ class RecordResultConsumer(BaseResultConsumer):
         header, snapshot = split_announcement(data)
         if not self._waited_on(header.task_id):
             return
-        if header.state in TERMINAL:
-            # One read for the few fields the snapshot leaves out (the exception's module).
+        if header.state in TERMINAL or (
+            header.state == TaskState.STARTED and self.on_message is not None
+        ):
+            # One read for the few fields the snapshot leaves out (the exception's module, the
+            # worker that started it).
             meta = self.backend.get_task_meta(header.task_id, cache=False)
         elif self.on_message is not None:
             meta = self.backend.meta_from_decoded(meta_of(header.task_id, json.loads(snapshot), []))
