@@ -14,6 +14,7 @@ import threading
 import time
 import traceback as tb
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
@@ -346,18 +347,60 @@ def record(app: Celery, change: Change) -> Outcome:
         return FAILED
 
 
+def _recorded(app: Celery, change: Change, name: str | None) -> Outcome:
+    """Record a change, first creating the task's record if it has none; raises what Redis does."""
+    rec = recorder(app)
+    outcome = rec.record(change)
+    if outcome.status is Status.UNKNOWN:
+        rec.record(creation(tracking(app), change.task_id, name or "unknown"))
+        outcome = rec.record(change)
+    return outcome
+
+
 def record_or_create(app: Celery, change: Change, name: str | None) -> Outcome:
     """Record a change, first creating the task's record if it has none (a message from a
     producer that knows nothing of taskstream, a chain step Celery fails without sending)."""
-    outcome = record(app, change)
-    if outcome.status is Status.UNKNOWN and outcome is not FAILED:
+    try:
+        return _recorded(app, change, name)
+    except Exception:
+        log.exception("could not record %s for task %s", change.set.get("state"), change.task_id)
+        return FAILED
+
+
+# How long a worker waits for Redis to record how a task ended, beyond its client's own retries
+# (about half a minute). A task's end is what its followers wait for: not recorded, it would be
+# found again only when the message ran again, after VISIBILITY_TIMEOUT_SECONDS.
+END_PATIENCE_SECONDS = 600.0
+
+
+def record_end(
+    app: Celery,
+    change: Change,
+    name: str | None,
+    patience: float = END_PATIENCE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """record_or_create for a task's last change (SUCCESS, FAILURE, REVOKED): while Redis is
+    away, the worker process waits for it (up to `patience`) rather than drop the outcome."""
+    deadline = time.monotonic() + patience
+    delay = 1.0
+    while True:
         try:
-            recorder(app).record(creation(tracking(app), change.task_id, name or "unknown"))
+            return _recorded(app, change, name)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                log.error("could not record %s for task %s: Redis away for %.0f s (%s)",
+                          change.set.get("state"), change.task_id, patience,
+                          type(exc).__name__)  # fmt: skip
+                return FAILED
+            log.warning("Redis is away: %s of task %s waits to be recorded (%s)",
+                        change.set.get("state"), change.task_id, type(exc).__name__)  # fmt: skip
+            sleep(delay)
+            delay = min(delay * 2, 10.0)
         except Exception:
-            log.exception("could not create the record of task %s", change.task_id)
-            return outcome
-        outcome = record(app, change)
-    return outcome
+            log.exception("could not record %s for task %s",
+                          change.set.get("state"), change.task_id)  # fmt: skip
+            return FAILED
 
 
 def error_fields(app: Celery, exc: BaseException, traceback: Any = None) -> dict[str, Any]:

@@ -8,7 +8,9 @@ import time
 import httpx
 import pytest
 
+from taskstream.celery_app import create_celery
 from taskstream.client import Client, Follow, FollowOptions
+from taskstream.settings import Settings
 from tests.harness import (
     TERMINAL,
     RedisServer,
@@ -102,3 +104,34 @@ def test_workers_with_tasks_in_hand_survive_a_redis_restart(durable_redis, tmp_p
         assert poll_until_done(svc.url, after["id"], timeout=30)["result"] == 5
     finally:
         svc.stop()
+
+
+def test_a_task_that_ends_while_redis_is_away_longer_than_retries_is_recorded(
+    durable_redis, tmp_path
+):
+    # The worker's client retries a record for about half a minute; a task that ends during a
+    # longer outage must still have its end recorded once Redis is back, or its followers wait
+    # for ever (until the message ran again, after VISIBILITY_TIMEOUT_SECONDS).
+    import tests.record_app  # noqa: F401  (registers the shared tasks)
+
+    svc = Service(durable_redis.url, tmp_path, extra_env={"CELERY_APP": "tests.record_app:app"})
+    celery = create_celery(Settings.from_env(redis_url=durable_redis.url, key_prefix=svc.prefix))
+    try:
+        svc.start_worker(concurrency=1)
+        svc.start_web()
+        # No progress reports: its one record while Redis is away is its end.
+        task_id = celery.tasks["tests.record_app.big_result"].delay(10, 3.0).id
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{svc.url}/tasks/{task_id}").json()["state"] != "STARTED":
+            assert time.monotonic() < deadline, "the worker did not start the task"
+            time.sleep(0.05)
+        durable_redis.halt()
+        time.sleep(45)
+        durable_redis.start()
+        wait_ready(svc.url, 200, timeout=20)
+        final = poll_until_done(svc.url, task_id, timeout=40)
+        assert final["state"] == "SUCCESS" and final["result"] == "x" * 10
+        assert "waits to be recorded" in svc.workers[0].log_path.read_text()
+    finally:
+        svc.stop()
+        celery.close()
