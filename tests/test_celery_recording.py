@@ -463,7 +463,9 @@ def test_get_waits_on_the_tasks_announcements(app, rec):
 
 def test_get_on_message_hears_each_state_as_asyncresult_reads_it(app, rec):
     seen: list[dict] = []
-    result = app.tasks["tests.record_app.big_result"].delay(10, 1.0)
+    # Started in 3 s: get() hears only what is announced once it has subscribed (on a loaded
+    # machine a task sent plainly could start first: seen once in CI).
+    result = app.tasks["tests.record_app.big_result"].apply_async((10, 0.5), countdown=3)
     assert result.get(timeout=30, on_message=seen.append) == "x" * 10
     started = [m for m in seen if m["status"] == "STARTED"]
     assert started, seen
