@@ -301,7 +301,7 @@ def test_the_dashboard_goes_back_to_sign_in_when_its_session_ends(make_service):
     from tests.harness import CHROMIUM_ARGS, require_chromium
 
     svc: Service = make_service(
-        API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY, SESSION_SECONDS="4"
+        API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY, SESSION_SECONDS="8"
     )
     svc.start_web()
     with sync_playwright() as playwright:
@@ -313,6 +313,6 @@ def test_the_dashboard_goes_back_to_sign_in_when_its_session_ends(make_service):
             page.click("#signin button")
             page.wait_for_selector("#mode[data-mode=live]")
             # Its stream ends with the session, and the page asks for the token again.
-            page.wait_for_selector("#signin:not([hidden])", timeout=15_000)
+            page.wait_for_selector("#signin:not([hidden])", timeout=25_000)
         finally:
             browser.close()
