@@ -15,7 +15,7 @@ from typing import Any
 from quart import Blueprint, Response, request
 from quart_schema import validate_response
 
-from taskstream.monitor import OUTCOMES, Worker, percentile
+from taskstream.monitor import HOUR_MINUTES, OUTCOMES, Worker, runtime_summary
 from taskstream.record import Change, utcnow
 from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
@@ -106,18 +106,21 @@ async def queues() -> Answered:
     return body, 200, NO_STORE
 
 
-# What /stats reads of each of the newest tasks: all of it for a caller who is not an admin, whose
-# throughput is that of its own tasks.
-_STATS_FIELDS = ["state", "owner", "task", "finished_at", "runtime"]
+# What /stats reads of each of the newest tasks: its state and owner, to count it; for a caller
+# who is not an admin, whose throughput is that of its own tasks, how and when it ended too.
+_COUNT_FIELDS = ["state", "owner"]
+_OWN_STATS_FIELDS = [*_COUNT_FIELDS, "task", "finished_at", "runtime"]
 
 
 async def _visible_rows(svc: Services) -> list[list[Any]]:
-    """The newest tasks (up to COUNT_LIMIT) the caller may see: their _STATS_FIELDS, decoded."""
+    """The newest tasks (up to COUNT_LIMIT) the caller may see: their fields, decoded."""
     ids = [t for t, _ in await svc.record.recent(float("inf"), COUNT_LIMIT)]
     caller = current_caller()
+    # The dashboard asks every two seconds: an admin's rows are not read past what it counts.
+    fields = _COUNT_FIELDS if caller.admin else _OWN_STATS_FIELDS
     async with svc.redis.pipeline(transaction=False) as pipe:
         for task_id in ids:
-            pipe.hmget(svc.record.keys.task(task_id), _STATS_FIELDS)
+            pipe.hmget(svc.record.keys.task(task_id), fields)
         rows = await pipe.execute()
     visible = []
     for row in rows:
@@ -133,7 +136,9 @@ def _own_throughput(rows: list[list[Any]], names: list[str], now: float) -> dict
     """Throughput as the workers' figures give it (Monitor.throughput), from the caller's own
     tasks: how each ended (a retried attempt is not counted apart) and how long it ran."""
     last = int(now // 60)
-    minutes = {m: dict.fromkeys(map(str, OUTCOMES), 0) for m in range(last - 59, last + 1)}
+    minutes = {
+        m: dict.fromkeys(map(str, OUTCOMES), 0) for m in range(last - HOUR_MINUTES + 1, last + 1)
+    }
     runtimes: dict[str, list[float]] = {name: [] for name in names}
     for state, _, task, finished_at, runtime in rows:
         if state not in OUTCOMES or not isinstance(finished_at, str):
@@ -148,11 +153,7 @@ def _own_throughput(rows: list[list[Any]], names: list[str], now: float) -> dict
         minute[state] += 1
         if task in runtimes and isinstance(runtime, int | float) and state != TaskState.REVOKED:
             runtimes[task].append(float(runtime))
-    summaries = []
-    for name, values in runtimes.items():
-        values.sort()
-        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
-        summaries.append({"task": name, "count": len(values), "p50": p50, "p95": p95})
+    summaries = [runtime_summary(name, values) for name, values in runtimes.items()]
     per_minute = [{"minute": m * 60, **counts} for m, counts in sorted(minutes.items())]
     return {"per_minute": per_minute, "runtimes": summaries}
 

@@ -92,6 +92,17 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+def runtime_summary(name: str, runtimes: list[float]) -> dict[str, Any]:
+    """One task name's row of `/stats` runtimes: how many, and their p50 and p95."""
+    runtimes = sorted(runtimes)
+    return {
+        "task": name,
+        "count": len(runtimes),
+        "p50": percentile(runtimes, 0.5),
+        "p95": percentile(runtimes, 0.95),
+    }
+
+
 def _int(raw: Any) -> int:
     try:
         return max(0, int(raw))
@@ -191,13 +202,5 @@ class Monitor:
                 at_f, seconds_f = _float(at), _float(seconds)
                 if at_f is not None and seconds_f is not None and now - at_f <= 3600:
                     values.append(seconds_f)
-            values.sort()
-            runtimes.append(
-                {
-                    "task": name,
-                    "count": len(values),
-                    "p50": percentile(values, 0.5),
-                    "p95": percentile(values, 0.95),
-                }
-            )
+            runtimes.append(runtime_summary(name, values))
         return {"per_minute": per_minute, "runtimes": runtimes}
