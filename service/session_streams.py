@@ -31,54 +31,37 @@ CHECK_SECONDS: Final = 2.0
 log = logging.getLogger(__name__)
 
 
-class _Session:
-    __slots__ = ("deadline", "subs")
-
-    def __init__(self) -> None:
-        # The earliest end among its cookie streams (None: only stream-token streams).
-        self.deadline: float | None = None
-        self.subs: dict[Subscription, float | None] = {}
-
-
 class SessionStreams:
     def __init__(self, redis: Any, keys: Keys, clock: Callable[[], float]):
         self._redis = redis
         self._keys = keys
         self._clock = clock
-        self._sessions: dict[str, _Session] = {}
+        # Per session, its open streams and when each ends with it: a cookie's stream at the
+        # cookie's end, a stream token's never (None) but by revocation.
+        self._sessions: dict[str, dict[Subscription, float | None]] = {}
         self._runner: asyncio.Task[None] | None = None
-
-    def __len__(self) -> int:
-        return sum(len(s.subs) for s in self._sessions.values())
 
     def watch(self, caller: Caller, sub: Subscription) -> Callable[[], None]:
         """Keep `sub`'s stream until it ends or its session does; returns how to let it go."""
         session = caller.session
         if session is None:
             return _nothing
-        deadline = None if caller.by_stream_token else caller.deadline
-        entry = self._sessions.get(session)
-        if entry is None:
-            entry = self._sessions[session] = _Session()
-        entry.subs[sub] = deadline
-        if deadline is not None and (entry.deadline is None or deadline < entry.deadline):
-            entry.deadline = deadline
+        subs = self._sessions.setdefault(session, {})
+        subs[sub] = None if caller.by_stream_token else caller.deadline
 
         def forget() -> None:
             kept = self._sessions.get(session)
             if kept is not None:
-                kept.subs.pop(sub, None)
-                if not kept.subs:
+                kept.pop(sub, None)
+                if not kept:
                     del self._sessions[session]
 
         return forget
 
     def end(self, session: str) -> None:
         """End the session's streams in this process now (it was logged out here)."""
-        entry = self._sessions.pop(session, None)
-        if entry is not None:
-            for sub in entry.subs:
-                sub.close()
+        for sub in self._sessions.pop(session, {}):
+            sub.close()
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="session-streams")
@@ -100,12 +83,14 @@ class SessionStreams:
 
     async def check(self) -> None:
         """End the streams of sessions that ran out or were revoked on any process."""
-        if not self._sessions:
-            return
         now = self._clock()
-        for session, entry in list(self._sessions.items()):
-            if entry.deadline is not None and entry.deadline <= now:
-                self._end_before(session, now)
+        for session, subs in list(self._sessions.items()):
+            for sub, ends in list(subs.items()):
+                if ends is not None and ends <= now:
+                    del subs[sub]
+                    sub.close()
+            if not subs:
+                del self._sessions[session]
         names = list(self._sessions)
         if not names:
             return
@@ -113,18 +98,6 @@ class SessionStreams:
         for session, mark in zip(names, revoked, strict=True):
             if mark is not None:
                 self.end(session)
-
-    def _end_before(self, session: str, now: float) -> None:
-        """End the session's cookie streams, whose cookie ended; its stream-token streams go on."""
-        entry = self._sessions[session]
-        for sub, deadline in list(entry.subs.items()):
-            if deadline is not None and deadline <= now:
-                del entry.subs[sub]
-                sub.close()
-        if not entry.subs:
-            del self._sessions[session]
-        else:
-            entry.deadline = None
 
 
 def _nothing() -> None:
