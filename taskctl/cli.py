@@ -8,7 +8,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -328,12 +327,10 @@ def _usage(text: str) -> int:
 def _service_url(opts: argparse.Namespace) -> str | None:
     url = opts.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a port that is not a number)
-        httpx.URL(url)
+        parsed = httpx.URL(url)  # the client's own parse: a bad port or bracket is refused here
     except (ValueError, httpx.InvalidURL):
         return None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parsed.scheme not in ("http", "https") or not parsed.host:
         return None
     return url
 
