@@ -12,6 +12,7 @@ import httpx
 
 from taskstream.record import Change
 from tests.harness import (
+    Service,
     accept_directly,
     assert_contiguous,
     direct_recorder,
@@ -83,6 +84,15 @@ def test_two_web_processes_and_two_workers_serve_the_same_ids(make_service):
     assert all("Task sleep[" in text for text in logs)
 
 
+def _assert_dropped_alone(svc: Service) -> None:
+    """Within 10 s the web dropped one stalled client, and no stream is left open."""
+    deadline = time.monotonic() + 10
+    while metric(svc.url, "slow_clients_dropped_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(svc.url, "slow_clients_dropped_total") == 1
+    assert metric(svc.url, "open_streams") == 0
+
+
 def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_service):
     svc = make_service(STREAM_WRITE_TIMEOUT_SECONDS="1", STREAM_BUFFER="8")
     svc.start_web()
@@ -113,11 +123,7 @@ def test_a_client_that_stops_reading_is_dropped_and_costs_others_nothing(make_se
     assert_contiguous([i for i, _ in good], first=1)
     assert good[-1][1]["state"] == "SUCCESS"
 
-    deadline = time.monotonic() + 10
-    while metric(svc.url, "slow_clients_dropped_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert metric(svc.url, "slow_clients_dropped_total") == 1
-    assert metric(svc.url, "open_streams") == 0
+    _assert_dropped_alone(svc)
     stalled.close()
 
 
@@ -151,11 +157,7 @@ def test_an_http2_client_that_grants_no_window_is_dropped_too(make_service):
     recorder.client.close()
     # What it cannot take is held in a bounded buffer, and the client is dropped in time: it
     # was held in Hypercorn's, without bound, for as long as the connection stayed open.
-    deadline = time.monotonic() + 10
-    while metric(svc.url, "slow_clients_dropped_total") < 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert metric(svc.url, "slow_clients_dropped_total") == 1
-    assert metric(svc.url, "open_streams") == 0
+    _assert_dropped_alone(svc)
     stalled.close()
 
 

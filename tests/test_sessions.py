@@ -3,11 +3,20 @@ cannot be renewed past their end without the token (issue 10, items 2 and 5)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import httpx
 
-from tests.harness import Service, accept_directly, direct_recorder, new_prefix
+from tests.harness import (
+    CHROMIUM_ARGS,
+    Service,
+    accept_directly,
+    direct_recorder,
+    new_prefix,
+    require_chromium,
+)
 
 KEY = "first-secret-key-" + "k" * 32
 NEW_KEY = "second-secret-key-" + "n" * 32
@@ -205,8 +214,6 @@ class _OpenStream:
     """A stream held open in a thread of its own: its status and whether (and when) it ended."""
 
     def __init__(self, url: str, cookies: dict[str, str] | None = None):
-        import threading
-
         self.status = 0
         self.ended_at: float | None = None
         self._opened = threading.Event()
@@ -215,8 +222,6 @@ class _OpenStream:
         assert self._opened.wait(10), url
 
     def _read(self, url: str, cookies: dict[str, str]) -> None:
-        import time
-
         try:
             with httpx.stream("GET", url, cookies=cookies, timeout=60) as response:
                 self.status = response.status_code
@@ -273,8 +278,6 @@ def test_open_streams_end_when_their_session_ends(make_service):
     recorder = direct_recorder(svc)
     task_id = accept_directly(recorder)
     try:
-        import time
-
         cookies = sign_in(svc.url, token("ops"))
         started = time.monotonic()
         streams = [
@@ -297,8 +300,6 @@ def test_open_streams_end_when_their_session_ends(make_service):
 
 def test_the_dashboard_goes_back_to_sign_in_when_its_session_ends(make_service):
     from playwright.sync_api import sync_playwright
-
-    from tests.harness import CHROMIUM_ARGS, require_chromium
 
     svc: Service = make_service(
         API_TOKENS=tokens_env(f"ops:{token('ops')}:admin"), SECRET_KEY=KEY, SESSION_SECONDS="8"
