@@ -31,7 +31,13 @@ from kombu.exceptions import EncodeError
 
 from taskstream.progress import progress_of
 from taskstream.record import Change, Outcome, Status, jsonable, split_announcement, utcnow
-from taskstream.recording import error_fields, record_end, record_or_create, recorder, tracking
+from taskstream.recording import (
+    error_fields,
+    record_last_change,
+    record_or_create,
+    recorder,
+    tracking,
+)
 from taskstream.states import TERMINAL, TaskState
 
 log = logging.getLogger(__name__)
@@ -431,7 +437,7 @@ class RecordBackend(RedisBackend):
                 raise Ignore()
             return outcome
         fields["finished_at"] = now
-        return record_end(self.app, Change(task_id, fields, at=now), name)
+        return record_last_change(self.app, Change(task_id, fields, at=now), name)
 
     def _as_exception(self, result: Any) -> BaseException:
         """The exception a FAILURE was stored with: as raised, or given in Celery's own JSON form

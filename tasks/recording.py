@@ -14,7 +14,6 @@ import threading
 import time
 import traceback as tb
 import weakref
-from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
@@ -373,12 +372,8 @@ def record_or_create(app: Celery, change: Change, name: str | None) -> Outcome:
 END_PATIENCE_SECONDS = 600.0
 
 
-def record_end(
-    app: Celery,
-    change: Change,
-    name: str | None,
-    patience: float = END_PATIENCE_SECONDS,
-    sleep: Callable[[float], None] = time.sleep,
+def record_last_change(
+    app: Celery, change: Change, name: str | None, patience: float = END_PATIENCE_SECONDS
 ) -> Outcome:
     """record_or_create for a task's last change (SUCCESS, FAILURE, REVOKED): while Redis is
     away, the worker process waits for it (up to `patience`) rather than drop the outcome."""
@@ -395,7 +390,7 @@ def record_end(
                 return FAILED
             log.warning("Redis is away: %s of task %s waits to be recorded (%s)",
                         change.set.get("state"), change.task_id, type(exc).__name__)  # fmt: skip
-            sleep(delay)
+            time.sleep(delay)
             delay = min(delay * 2, 10.0)
         except Exception:
             log.exception("could not record %s for task %s",
