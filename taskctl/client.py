@@ -31,6 +31,10 @@ from taskstream.client.follow import (
 
 # The service sends a keepalive at least every 15 s, so a stream silent for three of those is dead.
 STREAM_TIMEOUT = httpx.Timeout(10, read=45)
+# The service answers a stream's headers at once (a subscribe and a read): a server that takes
+# the connection and says nothing for this long is hung, and waiting 45 s for it would overshoot
+# a follower's patience.
+STREAM_HEADERS_WAIT = 10.0
 DEFAULT_TIMEOUT = 10.0
 # Each follow holds a connection for as long as its task runs: httpx's default of 100 in all
 # made a client's 101st follow (and any call beside 100 follows) fail as if the service were
@@ -201,7 +205,9 @@ class Client(_Base):
         from its current snapshot, or with `after`, every retained change after that seq (0: from
         the first). See `Follow`."""
         plan = Plan(options or FollowOptions(), after, self._clock)
-        return Follow(plan, _SyncStream(self, task_id, self._sleep, on_notice))
+        return Follow(
+            plan, _SyncStream(self, task_id, self._sleep, on_notice, plan.options.patience)
+        )
 
     def list(
         self,
@@ -294,7 +300,9 @@ class AsyncClient(_Base):
     ) -> AsyncFollow:
         """As `Client.follow`, as an async iterator: `async for snap in client.follow(id)`."""
         plan = Plan(options or FollowOptions(), after, self._clock)
-        return AsyncFollow(plan, _AsyncStream(self, task_id, self._sleep, on_notice))
+        return AsyncFollow(
+            plan, _AsyncStream(self, task_id, self._sleep, on_notice, plan.options.patience)
+        )
 
     async def list(
         self,
@@ -312,6 +320,19 @@ def _last_event_id(last_event_id: int | None) -> dict[str, str]:
     return {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
 
 
+def _opening_timeout(patience: float) -> httpx.Timeout:
+    """Until the stream's headers arrive: no longer than the follower's patience either."""
+    return httpx.Timeout(STREAM_TIMEOUT.connect, read=min(STREAM_HEADERS_WAIT, patience))
+
+
+def _wait_for_events(response: httpx.Response) -> None:
+    """Once the headers are in, reads wait for the events and keepalives (STREAM_TIMEOUT)."""
+    # httpcore reads the request's timeouts at each read of the body, not once when sending.
+    timeouts = response.request.extensions.get("timeout")
+    if isinstance(timeouts, dict):
+        timeouts["read"] = STREAM_TIMEOUT.read
+
+
 class _SyncStream:
     """The follower's I/O for `Client`: one event stream at a time, polls and waits."""
 
@@ -321,9 +342,11 @@ class _SyncStream:
         task_id: str,
         sleep: Callable[[float], None],
         on_notice: Callable[[str], None] | None,
+        patience: float,
     ):
         self.client, self.task_id, self.sleep = client, task_id, sleep
         self.on_notice = on_notice
+        self.patience = patience
         self._open: AbstractContextManager[Any] | None = None
         self._events: Any = None
 
@@ -331,11 +354,12 @@ class _SyncStream:
         self.close()
         opening = connect_sse(
             self.client._http, "GET", task_path(self.task_id) + "/events",
-            headers=_last_event_id(last_event_id), timeout=STREAM_TIMEOUT,
+            headers=_last_event_id(last_event_id), timeout=_opening_timeout(self.patience),
         )  # fmt: skip
         source = opening.__enter__()
         self._open = opening
         response = source.response
+        _wait_for_events(response)
         if response.status_code >= 400:
             response.read()
             self.close()
@@ -364,9 +388,11 @@ class _AsyncStream:
         task_id: str,
         sleep: Callable[[float], Awaitable[None]] | None,
         on_notice: Callable[[str], None] | None,
+        patience: float,
     ):
         self.client, self.task_id, self._sleep = client, task_id, sleep
         self.on_notice = on_notice
+        self.patience = patience
         self._open: AbstractAsyncContextManager[Any] | None = None
         self._events: Any = None
 
@@ -380,11 +406,12 @@ class _AsyncStream:
         await self.close()
         opening = aconnect_sse(
             self.client._http, "GET", task_path(self.task_id) + "/events",
-            headers=_last_event_id(last_event_id), timeout=STREAM_TIMEOUT,
+            headers=_last_event_id(last_event_id), timeout=_opening_timeout(self.patience),
         )  # fmt: skip
         source = await opening.__aenter__()
         self._open = opening
         response = source.response
+        _wait_for_events(response)
         if response.status_code >= 400:
             await response.aread()
             await self.close()

@@ -483,6 +483,19 @@ def test_an_unreachable_service_exits_4():
     assert "gave up" in result.stderr
 
 
+def test_a_service_that_never_answers_is_given_up_on_after_patience():
+    # A server that takes the connection and never says a word (hung, or a dead proxy): watch
+    # gives up about when --patience says, not after the stream's 45 s read timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = taskctl("watch", "abc", "--patience", "2", url=url)
+        took = time.monotonic() - started
+    assert result.returncode == UNAVAILABLE, result.stderr
+    assert "gave up after 2s" in result.stderr
+    assert took < 20, took
+
+
 class _NotTheService:
     """An HTTP server that is not taskstream: a redirect to https, or an HTML page."""
 

@@ -105,3 +105,17 @@ def test_the_readme_examples_run(service, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert "SUCCESS" in printed[-1]  # the async example's last change
     assert any(line.startswith("409 /problems/task-finished") for line in printed), printed
+
+
+def test_a_stream_quiet_for_longer_than_its_headers_wait_is_kept(service):
+    # The stream's headers must come within 10 s (a hung server is given up on), but a task
+    # quiet for longer than that between changes is not a hung server: its stream stays open
+    # on the keepalives' 45 s, with no reconnection.
+    notices: list[str] = []
+    with Client(service.url) as client:
+        snap = client.submit("sleep", seconds=12, steps=1)
+        follow = client.follow(snap["id"], options=STREAM_ONLY, on_notice=notices.append)
+        states = [change["state"] for change in follow]
+    assert states[-1] == "SUCCESS", states
+    assert follow.stats.reconnects == 0, notices
+    assert notices == []
