@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import unicodedata
 from typing import Any, Protocol, TextIO
 
 Snapshot = dict[str, Any]
@@ -46,6 +47,24 @@ def error_text(error: Any) -> str:
     else:
         text = str(error)
     return printable(text)
+
+
+def _columns(char: str) -> int:
+    """How many terminal columns a character takes: two for East Asian wide ones, none for
+    combining marks."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(text: str, columns: int) -> str:
+    """`text` cut to at most `columns` terminal columns (not characters)."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _columns(char)
+        if used > columns:
+            return text[:index]
+    return text
 
 
 def _percent_text(percent: float | None) -> str:
@@ -116,13 +135,13 @@ class LiveBar:
         columns = shutil.get_terminal_size((80, 24)).columns
         percent = percent_of(snap)
         head = f"{snap.get('task', '')} {str(snap.get('id', ''))[:8]} {snap['state']:<8}"
-        bar_width = max(10, min(30, columns - len(head) - 30))
+        bar_width = max(10, min(30, columns - sum(map(_columns, head)) - 30))
         line = f"{head} {self._bar(percent, bar_width)} {_percent_text(percent)}"
         message = message_of(snap)
         if message:
             line = f"{line}  {message}"
         # A line that wraps cannot be redrawn in place; keep it inside the terminal.
-        return line[: max(columns - 1, 20)]
+        return fit(line, max(columns - 1, 20))
 
     def show(self, snap: Snapshot) -> None:
         self._line = self._compose(snap)

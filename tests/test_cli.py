@@ -7,6 +7,7 @@ which the test stops and starts again in the middle of a stream.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from taskstream.client.render import LiveBar
 from tests.harness import free_port, poll_until_done, submit
 
 OK, FAILURE, REVOKED, USAGE, UNAVAILABLE = 0, 1, 2, 3, 4
@@ -443,6 +445,21 @@ def test_live_bar_on_a_terminal(service):
     assert len(redraws) > 5  # redrawn in place, once per change
     assert "100%" in redraws[-1] and "SUCCESS" in redraws[-1]
     assert 'result: {"slept": 0.4}' in text
+
+
+def test_the_live_bar_fits_a_line_of_wide_characters_in_the_terminal(monkeypatch):
+    # Each of these characters takes two columns: cut by characters, the line would wrap and
+    # every redraw would leave a line behind.
+    monkeypatch.setenv("COLUMNS", "60")
+    out = io.StringIO()
+    bar = LiveBar(out, io.StringIO())
+    message = "処理中です" * 20
+    bar.show({"task": "import", "id": "abc", "state": "PROGRESS", "seq": 3,
+              "progress": {"percent": 40, "message": message}})  # fmt: skip
+    line = out.getvalue().removeprefix("\r\x1b[K")
+    wide = sum(1 for c in line if c in message)
+    assert len(line) + wide <= 59, line
+    assert "処理中" in line
 
 
 # --- errors ----------------------------------------------------------------------------------
