@@ -21,6 +21,8 @@ from tests.harness import (
     Proc,
     RedisServer,
     Service,
+    accept_directly,
+    direct_recorder,
     poll_until_done,
     submit,
     wait_for_worker,
@@ -295,3 +297,31 @@ def test_the_panels_say_when_they_are_not_current(tmp_path, open_page) -> None:
     finally:
         svc.stop()
         server.stop()
+
+
+def test_load_older_brings_back_the_rows_that_live_tasks_pushed_out(
+    make_service, open_page
+) -> None:
+    # The list keeps 1,000 rows: live tasks push the oldest out. "Load older" must then continue
+    # from the newest row pushed out, not from the cursor of the first page, which points past
+    # every row that went.
+    svc: Service = make_service()
+    svc.start_web()
+    recorder = direct_recorder(svc)
+    try:
+        old = [accept_directly(recorder) for _ in range(150)]
+        page = open_page(f"{svc.url}/{FAST}")
+        tasks = page.locator("li.task")
+        expect(tasks).to_have_count(100)  # the first page: the 100 newest
+        for _ in range(1_000):
+            accept_directly(recorder)
+        expect(tasks).to_have_count(1_000)
+        expect(page.locator(f'li.task[data-task-id="{old[-1]}"]')).to_have_count(0)
+        page.click("#load-more")
+        # The 100 pushed out come back, newest first, before anything older than them.
+        expect(page.locator(f'li.task[data-task-id="{old[-1]}"]')).to_have_count(1)
+        expect(page.locator(f'li.task[data-task-id="{old[50]}"]')).to_have_count(1)
+        expect(page.locator(f'li.task[data-task-id="{old[49]}"]')).to_have_count(0)
+        expect(page.locator("#load-more")).to_be_visible()
+    finally:
+        recorder.client.close()

@@ -18,6 +18,9 @@ const rows = new Map(); // id -> the row's elements
 export const mine = new Set(); // ids submitted from this page, whose endings are announced
 const listeners = [];
 let nextCursor = null;
+// The newest submission time (Unix seconds) of the rows trim() pushed out, or null: "Load older"
+// continues from there, since nextCursor points past every row that went.
+let droppedNewest = null;
 
 const ui = {
   tasks: $("tasks"),
@@ -65,14 +68,15 @@ function relistSoon() {
   }, 1000);
 }
 
-function listUrl(cursor) {
+function listUrl(cursor, until = null) {
   const query = new URLSearchParams({ limit: String(PAGE) });
   if (filters.states.length) query.set("state", filters.states.join(","));
   if (filters.name) query.set("task", filters.name);
   if (filters.worker) query.set("worker", filters.worker);
   if (filters.q) query.set("id_prefix", filters.q);
   if (unix(filters.since) !== null) query.set("since", String(unix(filters.since)));
-  if (unix(filters.until) !== null) query.set("until", String(unix(filters.until)));
+  const bound = [unix(filters.until), until].filter((t) => t !== null);
+  if (bound.length) query.set("until", String(Math.min(...bound)));
   if (cursor) query.set("cursor", cursor);
   return `tasks?${query}`;
 }
@@ -220,6 +224,10 @@ function trim() {
           (snap.submitted_at || "") < (victim.submitted_at || ""));
       if (better) victim = snap;
     }
+    // submitted_at carries microseconds, Date.parse milliseconds: a millisecond more keeps the
+    // row itself inside the bound of the page that brings it back.
+    const submitted = Date.parse(String(victim.submitted_at || "").replace(/(\.\d{3})\d+/, "$1")) / 1000;
+    if (!Number.isNaN(submitted)) droppedNewest = Math.max(droppedNewest ?? 0, submitted + 0.001);
     remove(victim.id);
   }
 }
@@ -411,8 +419,8 @@ export function renderOutcome(box, snap) {
 
 // ---- loading ----------------------------------------------------------------------------------
 
-async function fetchPage(cursor) {
-  const response = await fetch(listUrl(cursor), { cache: "no-store", headers: { Accept: "application/json" } });
+async function fetchPage(cursor, until = null) {
+  const response = await fetch(listUrl(cursor, until), { cache: "no-store", headers: { Accept: "application/json" } });
   checkSignedIn(response);
   if (!response.ok) throw new Error(`GET tasks answered ${response.status}`);
   return response.json();
@@ -425,28 +433,35 @@ export async function refreshList() {
   // Oldest first, so rows are inserted in an order that needs no moving.
   for (const snap of items.slice().reverse()) apply(snap, true);
   if (nextCursor === null && body.next && !loadedMore) nextCursor = body.next;
-  ui.more.hidden = !nextCursor;
+  ui.more.hidden = !olderToLoad();
   showEmpty();
   return new Set(items.map((snap) => snap.id));
 }
 
 let loadedMore = false;
 
+function olderToLoad() {
+  return Boolean(nextCursor) || droppedNewest !== null;
+}
+
 async function loadMore() {
-  if (!nextCursor) return;
+  if (!olderToLoad()) return;
   ui.more.disabled = true;
   try {
-    const body = await fetchPage(nextCursor);
+    // Rows pushed out by live tasks come first: from the newest of them, down.
+    const dropped = droppedNewest;
+    const body = dropped !== null ? await fetchPage(null, dropped) : await fetchPage(nextCursor);
     loadedMore = true;
     maxTasks += PAGE;
     for (const snap of body.items || []) apply(snap, true);
     nextCursor = body.next;
+    if (dropped !== null && droppedNewest === dropped) droppedNewest = null;
     say(`${(body.items || []).length} more tasks shown.`);
   } catch {
     say("Could not load more tasks.");
   } finally {
     ui.more.disabled = false;
-    ui.more.hidden = !nextCursor;
+    ui.more.hidden = !olderToLoad();
   }
 }
 
