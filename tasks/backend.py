@@ -4,7 +4,9 @@ answers, and `get()` waits on the record's change announcements.
 Set as the app's `result_backend` by taskstream.recording.track (init_celery). What a backend is
 told, it records, for every task of the app whatever its class or `ignore_result`: SUCCESS
 (`mark_as_done`), FAILURE (`mark_as_failure`, also for a worker lost mid-task), REVOKED
-(`mark_as_revoked`) and whatever a task reports with `update_state`. STARTED and RETRY come from
+(`mark_as_revoked`) and whatever a task reports with `update_state`, which is progress whatever
+the state's name (a task that says SUCCESS early still ends as it returns; one that says so and
+raises Ignore ends so: `end_ignored`). STARTED and RETRY come from
 the task hooks and signals instead (taskstream.tracked, taskstream.signals): Celery tells a
 backend of those only for tasks that keep results.
 
@@ -20,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -58,6 +61,23 @@ _META_FIELDS = (
 # Recorded by the task hooks and signals, for every task; a backend hears of them only for tasks
 # that keep results (and STARTED before the task could be stopped when cancelled).
 _NOT_STORED_HERE = frozenset({states.PENDING, states.RECEIVED, states.STARTED, states.RETRY})
+
+
+# Set while Celery stores a task's end through store_result (mark_as_failure, mark_as_revoked).
+_ending: ContextVar[bool] = ContextVar("taskstream_ending", default=False)
+
+# The text of the Ignore that Task.replace raises (celery.app.task).
+_REPLACED = "Replaced by new task"
+
+
+def _running(task_id: str) -> bool:
+    """Whether this is the task `task_id` itself, running."""
+    return bool(current_task) and current_task.request.id == task_id
+
+
+def _name(request: Any) -> str | None:
+    name = getattr(request, "task", None) or getattr(request, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def _exception(
@@ -402,42 +422,65 @@ class RecordBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
+        # What reaches here is update_state (or a caller's own store_result): the outcomes Celery
+        # knows of come through mark_as_done, mark_as_failure and mark_as_revoked.
         if state in _NOT_STORED_HERE:
             return result
-        self._record(task_id, result, state, traceback, request)
+        if state in states.READY_STATES and (_ending.get() or not _running(task_id)):
+            # Stored from outside the task (a script closing a task by hand): its outcome.
+            self._record_end(task_id, result, state, traceback, request)
+        else:
+            self._record_progress(task_id, result, state, request)
         return result
 
-    def _record(
+    def _record_progress(self, task_id: str, result: Any, state: str, request: Any) -> Outcome:
+        """update_state from the running task, whatever the state's name: SUCCESS or FAILURE
+        said there is news, not the end (the task runs on, and how it returns or what it raises
+        is its outcome), as with Celery's own backends, where the task's end overwrites it."""
+        outcome = record_or_create(
+            self.app,
+            Change(task_id, {"state": TaskState.PROGRESS, "progress": progress_of(state, result)}),
+            _name(request),
+        )
+        if outcome.status is Status.TERMINAL and _running(task_id):
+            # update_state from a task that was cancelled: it stops here, as with
+            # report_progress.
+            raise Ignore()
+        return outcome
+
+    def _record_end(
         self, task_id: str, result: Any, state: str, traceback: Any, request: Any
     ) -> Outcome:
-        name = getattr(request, "task", None) or getattr(request, "name", None)
-        if not isinstance(name, str):
-            name = None
         now = utcnow()
         if state == states.SUCCESS:
             fields: dict[str, Any] = {"state": TaskState.SUCCESS, "result": result}
-        elif state in (states.FAILURE, states.REVOKED):
+        else:
             fields = {"state": state}
             if state == states.FAILURE:
                 fields.update(error_fields(self.app, self._as_exception(result), traceback))
-        else:
-            outcome = record_or_create(
-                self.app,
-                Change(
-                    task_id,
-                    {"state": TaskState.PROGRESS, "progress": progress_of(state, result)},
-                    at=now,
-                ),
-                name,
-            )
-            running = current_task.request.id if current_task else None
-            if outcome.status is Status.TERMINAL and running == task_id:
-                # update_state from a task that was cancelled: it stops here, as with
-                # report_progress.
-                raise Ignore()
-            return outcome
         fields["finished_at"] = now
-        return record_last_change(self.app, Change(task_id, fields, at=now), name)
+        return record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
+
+    def end_ignored(self, task_id: str, exc: BaseException, request: Any) -> None:
+        """The running task raised Ignore (task_postrun): Celery stores nothing then, and the
+        record would stay STARTED for ever. It ends as the task last said with update_state
+        (Celery's documented way to end a task with a state of one's own), else as REVOKED
+        with the reason, so that its followers are told it is over."""
+        if str(exc) == _REPLACED:
+            # Task.replace: the replacement was sent with this task's id and records its end.
+            return
+        found = recorder(self.app).fields(task_id, ["state", "progress"])
+        if found is None or found[0] in TERMINAL:
+            return
+        state, progress = found
+        said = (progress or {}).get("state") if state == TaskState.PROGRESS else None
+        if isinstance(said, str) and said in states.READY_STATES:
+            self._record_end(task_id, (progress or {}).get("meta"), said, None, request)
+            return
+        error = {"type": "Ignore", "message": str(exc) or "the task raised Ignore"}
+        now = utcnow()
+        fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
+        record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
 
     def _as_exception(self, result: Any) -> BaseException:
         """The exception a FAILURE was stored with: as raised, or given in Celery's own JSON form
@@ -485,7 +528,7 @@ class RecordBackend(RedisBackend):
             )
             # Celery then fails the task as it would with its own JSON backend.
             raise EncodeError(str(exc)) from exc
-        outcome = self._record(task_id, result, state, None, request)
+        outcome = self._record_end(task_id, result, state, None, request)
         if request and request.chord:
             if (
                 outcome.status is Status.TERMINAL
@@ -505,15 +548,21 @@ class RecordBackend(RedisBackend):
         call_errbacks: bool = True,
         state: str = states.FAILURE,
     ) -> None:
-        super().mark_as_failure(
-            task_id,
-            exc,
-            traceback,
-            request,
-            store_result=True,
-            call_errbacks=call_errbacks,
-            state=state,
-        )
+        # Celery stores the failure (and that of the chain's steps after it) with store_result,
+        # which otherwise takes update_state's FAILURE from the task as news, not its end.
+        token = _ending.set(True)
+        try:
+            super().mark_as_failure(
+                task_id,
+                exc,
+                traceback,
+                request,
+                store_result=True,
+                call_errbacks=call_errbacks,
+                state=state,
+            )
+        finally:
+            _ending.reset(token)
 
     def mark_as_revoked(
         self,
@@ -523,4 +572,8 @@ class RecordBackend(RedisBackend):
         store_result: bool = True,
         state: str = states.REVOKED,
     ) -> None:
-        super().mark_as_revoked(task_id, reason, request, store_result=True, state=state)
+        token = _ending.set(True)
+        try:
+            super().mark_as_revoked(task_id, reason, request, store_result=True, state=state)
+        finally:
+            _ending.reset(token)

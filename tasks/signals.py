@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import current_task
+from celery import current_task, states
+from celery.exceptions import Ignore
 from celery.signals import (
     before_task_publish,
+    task_postrun,
     task_prerun,
     task_received,
     task_retry,
@@ -24,6 +26,7 @@ from celery.signals import (
 from celery.worker import state as worker_state
 
 from taskstream import recording
+from taskstream.backend import RecordBackend
 from taskstream.record import Change, Status
 from taskstream.recording import OWNER_HEADER, RERUN_HEADER
 from taskstream.states import TaskState
@@ -138,6 +141,18 @@ def _on_prerun(task: Any = None, **_: Any) -> None:
     if isinstance(task, TrackedTask) or not recording.is_tracked(task.app):
         return
     recording.record_started(task.app, task.request)
+
+
+@task_postrun.connect
+def _on_postrun(
+    task: Any = None, task_id: str = "", retval: Any = None, state: str | None = None, **_: Any
+) -> None:
+    # Celery stores nothing for a task that raised Ignore: the backend ends its record.
+    if state != states.IGNORED or task is None or not recording.is_tracked(task.app):
+        return
+    backend = task.backend
+    if isinstance(backend, RecordBackend) and isinstance(retval, Ignore):
+        backend.end_ignored(task_id, retval, task.request)
 
 
 @task_retry.connect

@@ -108,3 +108,25 @@ def fail_by_hand(self: Any, message: str) -> None:
         state=states.FAILURE, meta={"exc_type": "ValueError", "exc_message": [message]}
     )
     raise Ignore()
+
+
+@shared_task(bind=True)
+def succeed_early(self: Any) -> str:
+    """Says SUCCESS with update_state before it has finished (Celery takes any state name there),
+    then goes on to return its real result."""
+    self.update_state(state=states.SUCCESS, meta={"rows": 10})
+    self.update_state(state="PROGRESS", meta={"current": 2, "total": 2})
+    return "final"
+
+
+@shared_task(bind=True)
+def succeed_by_hand(self: Any) -> None:
+    """Celery's way to end a task with a result of one's own: update_state, then Ignore."""
+    self.update_state(state=states.SUCCESS, meta={"rows": 3})
+    raise Ignore()
+
+
+@shared_task
+def skip() -> None:
+    """Ends by raising Ignore: Celery stores nothing for it."""
+    raise Ignore()

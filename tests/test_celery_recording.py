@@ -401,6 +401,30 @@ def test_get_raises_the_tasks_own_exception_with_its_arguments(app, rec):
     assert snap["error"] == {"type": "ValueError", "message": "bad input"}
 
 
+def test_update_state_success_before_the_end_is_progress_and_the_return_value_wins(app, rec):
+    result = app.tasks["tests.record_app.succeed_early"].delay()
+    events = read_stream(rec.url, result.id, query="?last_event_id=0")
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "PROGRESS", "SUCCESS"]
+    assert events[3][1]["progress"]["state"] == "SUCCESS"
+    assert events[3][1]["progress"]["meta"] == {"rows": 10}
+    assert events[-1][1]["result"] == "final"
+    assert app.AsyncResult(result.id).get(timeout=10) == "final"
+
+
+def test_update_state_then_ignore_ends_the_task_as_it_said(app, rec):
+    result = app.tasks["tests.record_app.succeed_by_hand"].delay()
+    snap = poll_until_done(rec.url, result.id)
+    assert (snap["state"], snap["result"]) == ("SUCCESS", {"rows": 3})
+    assert result.get(timeout=10) == {"rows": 3}
+
+
+def test_a_task_that_raises_ignore_ends_its_stream_and_says_why(app, rec):
+    result = app.tasks["tests.record_app.skip"].delay()
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "REVOKED"]
+    assert events[-1][1]["error"]["type"] == "Ignore"
+
+
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
     result = app.tasks["tests.record_app.explode"].delay("boom")
     with pytest.raises(KeyError) as raised:
