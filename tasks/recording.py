@@ -139,6 +139,9 @@ def track(app: Celery, settings: Settings) -> Tracking:
     tracking = _tracked[app] = Tracking(settings)
     # The handlers are process-wide (Celery's signals are); they act for tracked apps only.
     import taskstream.signals  # noqa: F401
+    from taskstream.sending import guard_sends
+
+    guard_sends(app)
 
     return tracking
 
@@ -315,6 +318,12 @@ def submit(
     if sub.outcome is None:
         raise RuntimeError(f"task {task.name} was sent by an app taskstream does not track")
     return sub.outcome
+
+
+def submitting(task_id: str) -> bool:
+    """Whether this context is `submit` sending `task_id` (which handles its own failures)."""
+    sub = _submission.get()
+    return sub is not None and sub.task_id == task_id
 
 
 def record_publish(t: Tracking, change: Change) -> None:

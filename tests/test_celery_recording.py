@@ -17,6 +17,7 @@ import httpx
 import pytest
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
+from kombu.exceptions import EncodeError, OperationalError
 
 from taskstream.celery_app import create_celery
 from taskstream.settings import Settings
@@ -399,6 +400,32 @@ def test_get_raises_the_tasks_own_exception_with_its_arguments(app, rec):
     snap = httpx.get(f"{rec.url}/tasks/{by_hand.id}").json()
     assert snap["state"] == "FAILURE"
     assert snap["error"] == {"type": "ValueError", "message": "bad input"}
+
+
+def test_a_message_that_cannot_be_sent_fails_its_record_rather_than_stay_pending(app, rec):
+    # The record is made before the message is published, so that the task can be followed
+    # before any worker has it; a publish that then fails must not leave it PENDING for ever.
+    add = app.tasks["tests.record_app.plain_add"]
+    task_id = str(uuid.uuid4())
+    with pytest.raises(EncodeError):
+        add.apply_async((object(), 1), task_id=task_id)
+    snap = httpx.get(f"{rec.url}/tasks/{task_id}").json()
+    assert snap["state"] == "FAILURE"
+    assert snap["error"]["type"] == "EnqueueError"
+    assert "not JSON serializable" in snap["error"]["message"]
+
+    # A broker that does not answer (the record's Redis does).
+    unreachable = Settings.from_env(
+        redis_url=rec.redis_url, key_prefix=rec.prefix, celery_broker_url="redis://127.0.0.1:9/0"
+    )
+    producer = create_celery(unreachable)
+    producer.conf.broker_connection_timeout = 0.5
+    producer.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0}
+    task_id = str(uuid.uuid4())
+    with pytest.raises(OperationalError):
+        producer.send_task("tests.record_app.plain_add", (1, 2), task_id=task_id)
+    snap = httpx.get(f"{rec.url}/tasks/{task_id}").json()
+    assert (snap["state"], snap["error"]["type"]) == ("FAILURE", "EnqueueError")
 
 
 def test_update_state_success_before_the_end_is_progress_and_the_return_value_wins(app, rec):
