@@ -36,6 +36,7 @@ from taskstream.progress import progress_of
 from taskstream.record import Change, Outcome, Status, jsonable, split_announcement, utcnow
 from taskstream.recording import (
     error_fields,
+    record,
     record_last_change,
     record_or_create,
     recorder,
@@ -98,6 +99,10 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
     if state == TaskState.PROGRESS:
         progress = values.get("progress") or {}
         status = progress.get("state") or TaskState.PROGRESS
+        if status in states.READY_STATES:
+            # update_state(state=SUCCESS) from a task still running: AsyncResult is not ready
+            # (get() waits) until the task has ended, as the record says.
+            status = TaskState.PROGRESS
         if "meta" in progress:
             result = progress["meta"]
         else:
@@ -476,11 +481,12 @@ class RecordBackend(RedisBackend):
         said = (progress or {}).get("state") if state == TaskState.PROGRESS else None
         if isinstance(said, str) and said in states.READY_STATES:
             self._record_end(task_id, (progress or {}).get("meta"), said, None, request)
-            return
-        error = {"type": "Ignore", "message": str(exc) or "the task raised Ignore"}
-        now = utcnow()
-        fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
-        record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
+        else:
+            error = {"type": "Ignore", "message": str(exc) or "the task raised Ignore"}
+            now = utcnow()
+            fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
+            record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
+        self._end_chain(task_id, request, "ended by raising Ignore")
 
     def _as_exception(self, result: Any) -> BaseException:
         """The exception a FAILURE was stored with: as raised, or given in Celery's own JSON form
@@ -577,3 +583,18 @@ class RecordBackend(RedisBackend):
             super().mark_as_revoked(task_id, reason, request, store_result=True, state=state)
         finally:
             _ending.reset(token)
+        self._end_chain(task_id, request, "was cancelled")
+
+    def _end_chain(self, task_id: str, request: Any, what: str) -> None:
+        """The chain's later steps, whose records were made ahead of their messages, will never
+        be sent: Celery stops a chain at a step that is cancelled or ignored (it fails the rest
+        only when a step fails). They end REVOKED, saying which step stopped them."""
+        error = {"type": "TaskRevokedError", "message": f"not run: task {task_id} before it {what}"}
+        steps = getattr(request, "chain", None) if request is not None else None
+        for step in steps if isinstance(steps, list) else ():
+            later = (step.get("options") or {}).get("task_id") if isinstance(step, dict) else None
+            if not isinstance(later, str):
+                continue
+            now = utcnow()
+            fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
+            record(self.app, Change(later, fields, at=now))

@@ -180,6 +180,22 @@ return r
 """
 )
 
+# A record made ahead of its message (a chain's later step, a chord's body: `ahead` is set), when
+# the message is sent: what the message says (the previous step's result among the arguments, the
+# parent) replaces what was known ahead. Not a change: none of it is in the snapshot.
+# KEYS: task hash, then the parent's children set when the message names a parent.
+# ARGV: ttl, then field/value pairs. Returns 1 when filled, 0 when the record was not made ahead.
+_LUA_FILL_AHEAD = """
+if redis.call('HGET', KEYS[1], 'ahead') ~= 'true' then return 0 end
+redis.call('HDEL', KEYS[1], 'ahead')
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], cjson.decode(redis.call('HGET', KEYS[1], 'id')))
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
 # KEYS: task hashes. Returns each one's snapshot, or false where it is unknown.
 _LUA_READ = (
     _LUA_SNAPSHOT
@@ -374,6 +390,7 @@ class _Base:
         self._record = client.register_script(_LUA_RECORD)
         self._record_and_push = client.register_script(_LUA_RECORD_AND_PUSH)
         self._read = client.register_script(_LUA_READ)
+        self._fill_ahead = client.register_script(_LUA_FILL_AHEAD)
 
     def _record_call(self, change: Change) -> tuple[list[str], list[Any]]:
         keys = self.keys
@@ -449,6 +466,19 @@ class Recorder(_Base):
 
     def get(self, task_id: str) -> str | None:
         return self._read(keys=[self.keys.task(task_id)])[0] or None
+
+    def fill_ahead(self, creation: Change) -> bool:
+        """Give a record made ahead of its message the details `creation` (the message's own
+        creation, refused as EXISTS) has; False when the record was not made ahead."""
+        tid = creation.task_id
+        names = [self.keys.task(tid)]
+        if creation.parent_id:
+            names.append(self.keys.children(creation.parent_id))
+        args: list[Any] = [self._ttl]
+        for name in DETAIL_FIELDS:
+            if name in creation.set:
+                args += (name, dumps(creation.set[name]))
+        return bool(self._fill_ahead(keys=names, args=args))
 
     def fields(self, task_id: str, names: list[str]) -> list[Any] | None:
         """Stored fields of a task, decoded (None where absent), or None for an unknown task."""

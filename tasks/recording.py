@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import redis
-from celery import Celery
+from celery import Celery, current_task
 from celery.exceptions import ImproperlyConfigured
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -192,11 +192,15 @@ def publishing_app(reply_to: str | None) -> tuple[Celery, Tracking] | None:
     unless the caller set `reply_to`; before_task_publish says nothing else about the app, and a
     process may hold apps that are not tracked.
     """
-    if not reply_to:
-        return None
     for app, t in _tracked.items():
-        if app.thread_oid == reply_to:
+        if reply_to and app.thread_oid == reply_to:
             return app, t
+    # A signature frozen elsewhere keeps its producer's `reply_to`: a chain's next step, a chord's
+    # body, which the worker sends from inside the task before them.
+    running = current_task._get_current_object() if current_task else None
+    if running is not None and is_tracked(running.app):
+        app = _real(running.app)
+        return app, tracking(app)
     return None
 
 
@@ -223,8 +227,10 @@ def creation(
     group_id: str | None = None,
     eta: str | None = None,
     rerun_of: str | None = None,
+    ahead: bool = False,
 ) -> Change:
-    """The change that creates a task's record (PENDING, seq 1) from what its message says."""
+    """The change that creates a task's record (PENDING, seq 1) from what its message says, or
+    `ahead` of its message, from its signature (see record_ahead)."""
     now = time.time()
     at = utcnow()
     limit = t.settings.args_stored_bytes
@@ -241,7 +247,61 @@ def creation(
     fields = new_task_fields(
         task_id, name, at, owner, {k: v for k, v in details.items() if v is not None}
     )
+    if ahead:
+        fields["ahead"] = True
     return Change(task_id, fields, create=True, score=now, at=at, clock=now, parent_id=parent_id)
+
+
+def message_embed(body: Any) -> dict[str, Any]:
+    """What a task message carries beside its arguments (protocol 2): callbacks, errbacks, the
+    chain's later steps (the next one last) and the chord's body."""
+    if isinstance(body, list | tuple) and len(body) >= 3 and isinstance(body[2], dict):
+        return body[2]
+    return {}
+
+
+def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Change]:
+    """The records to make when `sent` (the creation of a message being published) carries
+    later work whose ids Celery has already handed out: its chain's later steps (each the
+    child of the one before) and its chord's body. Celery sends those messages only when the
+    work before them is done; their records are made now, so that the ids apply_async returned
+    can be followed at once. Celery fails them when a step before them fails; record_chain_end
+    ends them when one is cancelled. Only plain tasks: a group or chord within has no task id
+    of its own."""
+    fields = sent.set
+    made: list[Change] = []
+
+    def ahead(signature: Any, parent_id: str | None) -> str | None:
+        if not isinstance(signature, dict) or signature.get("subtask_type"):
+            return None
+        options = signature.get("options") or {}
+        task_id, name = options.get("task_id"), signature.get("task")
+        if not isinstance(task_id, str) or not isinstance(name, str):
+            return None
+        made.append(
+            creation(
+                t,
+                task_id,
+                name,
+                args=signature.get("args"),
+                kwargs=signature.get("kwargs"),
+                owner=fields.get("owner") or "",
+                queue=options.get("queue"),
+                parent_id=parent_id,
+                root_id=options.get("root_id") or fields.get("root_id"),
+                group_id=options.get("group_id"),
+                ahead=True,
+            )
+        )
+        return task_id
+
+    parent: str | None = sent.task_id
+    for step in reversed(embed.get("chain") or []):
+        parent = ahead(step, parent)
+        if parent is None:
+            break
+    ahead(embed.get("chord"), None)
+    return made
 
 
 def message_payload(body: Any) -> tuple[Any, Any]:
@@ -326,12 +386,17 @@ def submitting(task_id: str) -> bool:
     return sub is not None and sub.task_id == task_id
 
 
-def record_publish(t: Tracking, change: Change) -> None:
-    """Create the record of a message about to be published (before_task_publish)."""
+def record_publish(t: Tracking, change: Change, ahead: list[Change] | None = None) -> None:
+    """Create the record of a message about to be published (before_task_publish), and those of
+    the later work it carries (`ahead`, see ahead_creations)."""
     sub = _submission.get()
     mine = sub is not None and sub.task_id == change.task_id
     try:
         outcome = t.publisher.record(change)
+        if outcome.status is Status.EXISTS:
+            t.publisher.fill_ahead(change)
+        for later in ahead or ():
+            t.publisher.record(later)
     except Exception as exc:
         if mine:
             raise NotRecorded(exc) from exc

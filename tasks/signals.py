@@ -54,7 +54,9 @@ def _on_publish(
         # Sent by taskstream.fast_publish, which creates the record with the push.
         return
     _, t = found
-    recording.record_publish(t, publish_creation(t, sender, body, routing_key, headers))
+    sent = publish_creation(t, sender, body, routing_key, headers)
+    ahead = recording.ahead_creations(t, sent, recording.message_embed(body))
+    recording.record_publish(t, sent, ahead)
 
 
 def publish_creation(

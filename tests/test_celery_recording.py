@@ -200,6 +200,54 @@ def test_a_chain_each_step_followable_and_listed_as_its_parents_child(app, rec):
         recorder.client.close()
 
 
+def open_gate(svc: Service, gate: str) -> None:
+    recorder = direct_recorder(svc)
+    try:
+        recorder.client.set(gate, "1", ex=60)
+    finally:
+        recorder.client.close()
+
+
+def test_a_chains_later_steps_and_a_chords_body_are_followable_before_they_are_sent(app, rec):
+    # apply_async hands back the id of a chain's last step (of a chord's body) at once, but Celery
+    # sends that message only when the steps before it are done: it is followable from the start.
+    gated, add = app.tasks["tests.record_app.gated"], app.tasks["tests.record_app.plain_add"]
+    total = app.tasks["tests.record_app.total"]
+    gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
+    result = chain(gated.si(gate, 1), add.si(1, 2), add.s(3)).apply_async()
+    body = chord([gated.si(gate, 4), add.si(1, 1)], total.s()).apply_async()
+    for waiting, name in [(result.parent, "plain_add"), (result, "plain_add"), (body, "total")]:
+        answer = httpx.get(f"{rec.url}/tasks/{waiting.id}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "PENDING"
+        assert answer.json()["task"] == f"tests.record_app.{name}"
+    open_gate(rec, gate)
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert_contiguous([i for i, _ in events], first=1)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+    assert events[-1][1]["result"] == 6
+    assert poll_until_done(rec.url, body.id)["result"] == 6
+    recorder = direct_recorder(rec)
+    try:
+        # What the message said when it was sent: the previous step's result comes first.
+        last = recorder.details(result.id)
+        assert (last["args"], last["parent_id"]) == ([3, 3], result.parent.id)
+        assert recorder.details(result.parent.id)["children"] == [result.id]
+    finally:
+        recorder.client.close()
+
+
+def test_the_steps_after_a_cancelled_one_end_with_it(app, rec):
+    add = app.tasks["tests.record_app.plain_add"]
+    result = chain(add.si(1, 1).set(countdown=2), add.s(1), add.s(1)).apply_async()
+    first = result.parent.parent
+    assert httpx.delete(f"{rec.url}/tasks/{first.id}").status_code == 202
+    for step in (result.parent, result):
+        snap = poll_until_done(rec.url, step.id)
+        assert snap["state"] == "REVOKED"
+        assert first.id in snap["error"]["message"]
+
+
 def test_a_failed_chain_step_fails_the_steps_after_it_in_both_views(app, rec):
     add = app.tasks["tests.record_app.plain_add"]
     explode = app.tasks["tests.record_app.explode"]
@@ -435,7 +483,7 @@ def test_update_state_success_before_the_end_is_progress_and_the_return_value_wi
     assert events[3][1]["progress"]["state"] == "SUCCESS"
     assert events[3][1]["progress"]["meta"] == {"rows": 10}
     assert events[-1][1]["result"] == "final"
-    assert app.AsyncResult(result.id).get(timeout=10) == "final"
+    assert result.get(timeout=10) == "final"
 
 
 def test_update_state_then_ignore_ends_the_task_as_it_said(app, rec):
