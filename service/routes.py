@@ -394,18 +394,25 @@ async def stream_token(task_id: str) -> Answered:
     return body, 200, NO_STORE
 
 
-def _encode_cursor(score: float, task_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{score!r} {task_id}".encode()).decode().rstrip("=")
+# A cursor is a position in the newest-first order: a score (submission time) and how many of
+# the tasks with exactly that score were passed, in the order Redis lists ties. It names no task:
+# a page that stops among other callers' tasks must not hand their ids to this one.
+_MAX_CURSOR_TIES = 1_000_000
 
 
-def _decode_cursor(cursor: str) -> tuple[float, str]:
+def _encode_cursor(score: float, passed: int) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {passed}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, int]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, task_id = raw.split(" ", 1)
-        # Redis refuses NaN as a score bound; no cursor this service gives out holds one.
-        if math.isnan(float(score)):
-            raise ValueError(score)
-        return float(score), task_id
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        score, passed = raw.split(" ")
+        # Redis refuses NaN as a score bound; no cursor this service gives out holds one. A count
+        # beyond any real run of ties would only make Redis read that many entries.
+        if math.isnan(float(score)) or not (passed.isdigit() and int(passed) <= _MAX_CURSOR_TIES):
+            raise ValueError(raw)
+        return float(score), int(passed)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Problem(
             400, "Bad cursor", "Use the `next` value of a previous page.", kind="bad-cursor"
@@ -419,11 +426,9 @@ async def list_tasks(query_args: ListQuery) -> Response:
     states = set(query_args.state)
     names = set(query_args.task)
     limit = query_args.limit
-    max_score, max_id = (
-        _decode_cursor(query_args.cursor) if query_args.cursor else (float("inf"), None)
-    )
+    max_score, passed = _decode_cursor(query_args.cursor) if query_args.cursor else (math.inf, 0)
     if query_args.until is not None and query_args.until < max_score:
-        max_score, max_id = query_args.until, None
+        max_score, passed = query_args.until, 0
     since = query_args.since if query_args.since is not None else float("-inf")
     prefix, worker = query_args.id_prefix, query_args.worker
 
@@ -449,7 +454,7 @@ async def list_tasks(query_args: ListQuery) -> Response:
             chosen.append(_linked(data, task_id) if visible and data else None)
         return chosen
 
-    items, next_at = await list_page(svc.record, select, limit, (max_score, max_id), since)
+    items, next_at = await list_page(svc.record, select, limit, (max_score, passed), since)
     next_cursor = None if next_at is None else _encode_cursor(*next_at)
     body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
     return json_response(body)
@@ -459,34 +464,32 @@ async def list_page(
     record: Any,
     select: Callable[[list[tuple[str, float]]], Awaitable[list[str | None]]],
     limit: int,
-    after: tuple[float, str | None],
+    after: tuple[float, int],
     since: float = float("-inf"),
-) -> tuple[list[str], tuple[float, str] | None]:
-    """Up to `limit` listed tasks, newest first, from just after `after` (score, id), and where
-    to go on from, or None when nothing more can follow.
+) -> tuple[list[str], tuple[float, int] | None]:
+    """Up to `limit` listed tasks, newest first, from the position `after`, and the position to
+    go on from, or None when nothing more can follow.
 
-    `select` says how each task of a batch is listed (None: hidden from this caller or filtered
-    out). At most _LIST_SCAN_LIMIT tasks are examined per request, however few are visible: the
-    page may then be short, and the position reached is returned, never None while more may
-    exist. Tasks sharing a score are ordered by id (descending), so no tie is skipped or repeated.
+    A position is (score, passed): tasks scored at most `score`, less the first `passed` of those
+    scored exactly `score` (Redis lists ties in one fixed order, by id), so no tie is skipped or
+    repeated. `select` says how each task of a batch is listed (None: hidden from this caller or
+    filtered out). At most _LIST_SCAN_LIMIT tasks are examined per request, however few are
+    visible: the page may then be short, and the position reached is returned, never None while
+    more may exist.
     """
-    max_score, max_id = after
+    max_score, passed = after
     items: list[str] = []
     scanned = 0
     while scanned < _LIST_SCAN_LIMIT:
         want = min(max(limit * 2, 50), _LIST_SCAN_LIMIT - scanned)
-        fetch = want + 1
-        while True:
-            raw = await record.recent(max_score, fetch)
-            # The bound is inclusive: drop the ties at it that were already passed.
-            fresh = [
-                (t, sc) for t, sc in raw
-                if not (sc == max_score and max_id is not None and t >= max_id)
-            ]  # fmt: skip
-            more = len(raw) == fetch  # Redis had this many at least: there may be more
-            if fresh or not more:
-                break
-            fetch *= 2  # a run of ties already passed: look past it
+        # The ties already passed come first, then one more than a batch: whether there are more.
+        fetch = passed + want + 1
+        raw = await record.recent(max_score, fetch)
+        more = len(raw) == fetch  # Redis had this many at least: there may be more
+        ties = 0
+        while ties < min(passed, len(raw)) and raw[ties][1] == max_score:
+            ties += 1
+        fresh = raw[ties:]
         page = fresh[:want]
         more = more or len(fresh) > want
         if page and page[-1][1] < since:
@@ -496,16 +499,19 @@ async def list_page(
         chosen = await select(page)
         for (task_id, score), listed in zip(page, chosen, strict=True):
             scanned += 1
-            max_score, max_id = score, task_id
+            if score == max_score:
+                passed += 1
+            else:
+                max_score, passed = score, 1
             if listed is None:
                 continue
             items.append(listed)
             if len(items) == limit:
                 done = not more and (task_id, score) == page[-1]
-                return items, None if done else (max_score, max_id)
+                return items, None if done else (max_score, passed)
         if not more:
             return items, None
-    return items, None if max_id is None else (max_score, max_id)
+    return items, (max_score, passed)
 
 
 async def _workers_of(task_ids: list[str]) -> list[str | None]:

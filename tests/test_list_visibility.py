@@ -4,6 +4,7 @@ In-process against a real Redis; tasks are recorded as the web records them."""
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 
@@ -78,6 +79,56 @@ async def test_past_the_scan_bound_the_cursor_carries_on(make_app):
     ids, pages = await every_page(client, ALICE, "limit=5")
     assert ids == [newest, *mine[::-1]]
     assert pages == 2
+
+
+def cursor_text(cursor: str) -> str:
+    """What a cursor says to anyone who decodes it, as a curious caller would."""
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode(errors="replace")
+
+
+async def test_a_cursor_names_no_task_the_caller_may_not_see(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        mine = await record("alice", 1_000)
+        theirs = [await record("mallory", 5_000 + i) for i in range(2_100)]
+    hidden = set(theirs)
+    cursor = None
+    seen: list[str] = []
+    while True:
+        url = "/tasks?limit=5" + (f"&cursor={cursor}" if cursor else "")
+        response = await client.get(url, headers={"Authorization": f"Bearer {ALICE}"})
+        body = await response.get_json()
+        seen += [t["id"] for t in body["items"]]
+        cursor = body["next"]
+        if cursor is None:
+            break
+        # The scan stopped among mallory's tasks: the cursor carries on from there, but says
+        # nothing of which task it stopped at.
+        for text in (cursor, cursor_text(cursor)):
+            assert not any(task_id in text for task_id in hidden), text
+            assert not any(task_id[:8] in text for task_id in hidden), text
+    assert seen == [mine]
+
+
+async def test_a_tampered_cursor_is_a_400_not_a_fault(make_app):
+    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+    client = app.test_client()
+    async with app.app_context():
+        for i in range(3):
+            await record("alice", 1_000 + i)
+    first = await client.get("/tasks?limit=1", headers={"Authorization": f"Bearer {ALICE}"})
+    given = (await first.get_json())["next"]
+    assert given is not None
+    score = cursor_text(given).split(" ")[0]
+    for text in (f"{score} -1", f"{score} 1.5", f"{score} 99999999999999999999", score,
+                 "nan 0", f"{score} 0 0", f"{score} 0b6f", f"{score} \u0661"):  # fmt: skip
+        forged = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        response = await client.get(
+            f"/tasks?cursor={forged}", headers={"Authorization": f"Bearer {ALICE}"}
+        )
+        assert response.status_code == 400, (text, await response.get_data())
+        assert (await response.get_json())["type"] == "/problems/bad-cursor"
 
 
 async def test_admin_filters_find_old_matches_behind_many_newer_tasks(make_app):
