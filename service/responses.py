@@ -22,3 +22,12 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     response.headers.update(NO_STORE)
     response.headers.update(headers or {})
     return response
+
+
+def bodiless(status: int, headers: dict[str, str] | None = None) -> Response:
+    """A 204 or 304: no content, so no Content-Type or Content-Length to describe any (RFC 9110
+    §8.6, §15.3.5, §15.4.5). Quart would give it text/html and a length of 0, as for a page."""
+    response = Response(b"", status=status, headers=headers)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    return response

@@ -41,7 +41,7 @@ from taskstream.web.models import (
 )
 from taskstream.web.ops_routes import scrape
 from taskstream.web.problems import Problem, field_errors
-from taskstream.web.responses import NO_STORE, Answered, json_response
+from taskstream.web.responses import NO_STORE, Answered, bodiless, json_response
 from taskstream.web.security import check_submission_rate, current_caller, revoke_session
 from taskstream.web.services import services
 from taskstream.web.snapshots import linked, links
@@ -184,7 +184,7 @@ async def status(task_id: str, headers: PollHeaders) -> Response:
     # The seq names the version: a poller sending If-None-Match gets 304 until the next change.
     etag = f'"{json.loads(data)["seq"]}"'
     if headers.if_none_match and etag in headers.if_none_match:
-        return Response("", status=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return bodiless(304, {"ETag": etag, "Cache-Control": "no-cache"})
     response = json_response(_linked(data, task_id), headers={"ETag": etag})
     response.headers["Cache-Control"] = "no-cache"
     return response
@@ -220,13 +220,6 @@ async def cancel(task_id: str) -> Response:
         # REVOKED is recorded, and workers check the record before running a task.
         log.warning("revoke broadcast for %s failed: %s", task_id, type(exc).__name__)
     return json_response(_linked(outcome.data or "", task_id), 202)
-
-
-def _no_content() -> Response:
-    response = Response("", status=204)
-    # Quart gives every response a text/html type by default; a 204 has no body to type.
-    del response.headers["Content-Type"]
-    return response
 
 
 def _stream_response(body: StreamBody) -> Response:
@@ -299,7 +292,7 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
             # Already seen the end: 204 tells EventSource to stop reconnecting. (An id beyond
             # the task's seq is from a history Redis has lost: the stream gives the task as it is.)
             cleanup()
-            return _no_content()
+            return bodiless(204)
     except BaseException:
         cleanup()
         raise
@@ -371,7 +364,7 @@ async def end_session() -> Response:
     for ended in (current_caller(), session):
         if ended is not None:
             await revoke_session(ended)
-    response = _no_content()
+    response = bodiless(204)
     response.delete_cookie(SESSION_COOKIE, path=_cookie_path())
     return response
 

@@ -16,6 +16,7 @@ from quart import Quart, Response, current_app, g, request
 from taskstream.keys import Keys
 from taskstream.web.auth import LOCAL, Authenticator, Caller
 from taskstream.web.problems import Problem
+from taskstream.web.responses import bodiless
 
 # Endpoints anyone may reach: health for orchestrators, and the pages (which then sign in). Not
 # the API's description: it names the deployment's submittable tasks, as GET /task-types does.
@@ -134,7 +135,7 @@ def install(
             if origin not in allowed:
                 raise Problem(403, "Origin not allowed", "This origin may not call the API.",
                               kind="origin-not-allowed")  # fmt: skip
-            response = Response("", status=204)
+            response = bodiless(204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
             response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
             response.headers["Access-Control-Max-Age"] = "600"

@@ -8,7 +8,7 @@ import httpx
 
 from taskstream.settings import Settings
 from taskstream.web.app import create_app
-from tests.harness import new_prefix
+from tests.harness import new_prefix, poll_until_done, submit
 
 # Listing, filters and cursors: test_listing.py (in-process).
 
@@ -59,3 +59,17 @@ async def test_a_client_that_goes_away_is_unsubscribed_at_once(redis_url):
 
 
 # Polling with If-None-Match: test_listing.py (in-process).
+
+
+def test_a_304_carries_its_validators_and_nothing_about_a_body(service):
+    snap = submit(service.url, "add", x=1, y=2)
+    poll_until_done(service.url, snap["id"])
+    url = f"{service.url}/tasks/{snap['id']}"
+    etag = httpx.get(url).headers["etag"]
+    same = httpx.get(url, headers={"If-None-Match": etag})
+    assert (same.status_code, same.content) == (304, b"")
+    assert same.headers["etag"] == etag
+    assert same.headers["cache-control"] == "no-cache"
+    # RFC 9110 §15.4.5: a 304 has no content, so nothing describes one.
+    assert "content-type" not in same.headers
+    assert "content-length" not in same.headers

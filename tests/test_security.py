@@ -181,6 +181,15 @@ def test_cors_allows_listed_origins_only(secure):
     assert allowed.headers["access-control-allow-credentials"] == "true"
 
 
+def test_a_preflight_answer_describes_no_body(secure):
+    preflight = httpx.options(f"{secure.url}/tasks", headers={
+        "Origin": GOOD_ORIGIN, "Access-Control-Request-Method": "DELETE"})  # fmt: skip
+    assert (preflight.status_code, preflight.content) == (204, b"")
+    # RFC 9110 §15.3.5: a 204 has no content, so nothing describes one.
+    assert "content-type" not in preflight.headers
+    assert "content-length" not in preflight.headers
+
+
 def test_a_malformed_origin_is_a_foreign_one_not_a_500(secure):
     for origin in ("http://[", "http://[zz]", "http://[::1", "http://[::1]:x"):
         assert httpx.get(f"{secure.url}/healthz", headers={"Origin": origin}).status_code == 200
