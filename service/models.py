@@ -274,7 +274,8 @@ class PollHeaders(BaseModel):
     if_none_match: str | None = Field(
         None,
         alias="If-None-Match",
-        description="The `ETag` of the snapshot the client holds: unchanged, the answer is 304.",
+        description="The `ETag`s of the snapshots the client holds (comma-separated; `W/` is "
+        "ignored): while the task is at one of them, the answer is 304. `*` matches any version.",
     )
 
 

@@ -177,13 +177,20 @@ async def _snapshot_or_404(task_id: str) -> str:
     return data
 
 
+def _none_match(if_none_match: str, etag: str) -> bool:
+    """Whether If-None-Match names `etag` (RFC 9110 §13.1.2): `*` matches any current version,
+    and tags compare whole and weakly (W/"7" is "7"), not as text within the header's ("17")."""
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
+
+
 @bp.get("/tasks/<task_id>")
 @validate_headers(PollHeaders)
 async def status(task_id: str, headers: PollHeaders) -> Response:
     data = await _snapshot_or_404(task_id)
     # The seq names the version: a poller sending If-None-Match gets 304 until the next change.
     etag = f'"{json.loads(data)["seq"]}"'
-    if headers.if_none_match and etag in headers.if_none_match:
+    if headers.if_none_match and _none_match(headers.if_none_match, etag):
         return bodiless(304, {"ETag": etag, "Cache-Control": "no-cache"})
     response = json_response(_linked(data, task_id), headers={"ETag": etag})
     response.headers["Cache-Control"] = "no-cache"

@@ -98,3 +98,20 @@ async def test_polling_with_if_none_match_gets_304_until_the_next_change(app):
     assert again.status_code == 200
     assert (await again.get_json())["state"] == "STARTED"
     assert again.headers["ETag"] != etag
+
+
+async def test_if_none_match_compares_whole_tags_and_star_matches_any(app):
+    client = app.test_client()
+    async with app.app_context():
+        task_id = await record("sleep", 100)
+        for _ in range(11):  # seq 12: a tag "1" is in it as text, but not as a tag
+            await services().record.record(Change(task_id, {"state": TaskState.PROGRESS}))
+    url = f"/tasks/{task_id}"
+    etag = (await client.get(url)).headers["ETag"]
+    assert etag == '"12"'
+    for matching in ("*", '"12"', 'W/"12"', '"3", "12"', '"3",W/"12" ,"4"'):
+        response = await client.get(url, headers={"If-None-Match": matching})
+        assert response.status_code == 304, matching
+    for other in ('"1"', '"2"', '"12', "12", '"3", "4"', 'W/"1"'):
+        response = await client.get(url, headers={"If-None-Match": other})
+        assert response.status_code == 200, other
