@@ -262,9 +262,10 @@ async def rerun(task_id: str) -> Response:
     except NotQueued as exc:
         log.error("could not enqueue re-run %s: %s", new_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
-        await svc.record.record(
-            Change(new_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})
-        )
+        # One reading of the clock: the change that ends a task is when it finished.
+        now = utcnow()
+        ended = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
+        await svc.record.record(Change(new_id, ended, at=now))
         raise Problem(503, "Service Unavailable", "The task queue is not reachable; try again.",
                       kind="queue-unavailable", headers={"Retry-After": "5"}) from None  # fmt: skip
     svc.metrics.submitted += 1

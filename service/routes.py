@@ -142,9 +142,10 @@ async def submit() -> Response:
     except NotQueued as exc:
         log.error("could not enqueue task %s: %s", task_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
-        await svc.record.record(
-            Change(task_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()})
-        )
+        # One reading of the clock: the change that ends a task is when it finished.
+        now = utcnow()
+        ended = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
+        await svc.record.record(Change(task_id, ended, at=now))
         raise Problem(
             503,
             "Service Unavailable",
@@ -205,8 +206,9 @@ async def cancel(task_id: str) -> Response:
     await _check_owner(task_id)
     # Recording REVOKED is the cancel: the terminal guard in the record makes it atomic against
     # the task finishing, so exactly one of them wins.
+    now = utcnow()  # one reading: the cancel is both its last change and its end
     outcome = await svc.record.record(
-        Change(task_id, {"state": TaskState.REVOKED, "finished_at": utcnow()})
+        Change(task_id, {"state": TaskState.REVOKED, "finished_at": now}, at=now)
     )
     if outcome.status is Status.UNKNOWN:
         raise _not_found(task_id)

@@ -76,3 +76,14 @@ def test_cancelled_task_stays_cancelled_when_a_worker_appears_later(make_service
     assert poll_until_done(svc.url, probe["id"])["result"] == 4
     history = read_stream(svc.url, snap["id"], query="?last_event_id=0")
     assert [s["state"] for _, s in history] == ["PENDING", "REVOKED"]
+
+
+async def test_a_cancel_ends_the_task_when_it_changes_it(app):
+    client = app.test_client()
+    created = await client.post("/tasks", json={"task": "sleep", "kwargs": {"seconds": 1}})
+    task_id = (await created.get_json())["id"]
+    cancelled = await (await client.delete(f"/tasks/{task_id}")).get_json()
+    assert cancelled["state"] == "REVOKED"
+    # One change, one moment: the snapshot does not say it ended before it was last changed.
+    assert cancelled["finished_at"] == cancelled["updated_at"]
+    assert (await (await client.get(f"/tasks/{task_id}")).get_json()) == cancelled

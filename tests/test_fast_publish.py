@@ -266,6 +266,22 @@ async def test_a_push_that_fails_leaves_the_task_failed(make_app, raw):
     failed = [t for t in listed["items"] if t["state"] == "FAILURE"]
     assert len(failed) == 1
     assert failed[0]["error"]["type"] == "EnqueueError"
+    # One change, one moment: it ended when it was last changed.
+    assert failed[0]["finished_at"] == failed[0]["updated_at"]
+
+
+async def test_a_rerun_whose_push_fails_ends_at_its_last_change(make_app, raw):
+    app = await make_app()
+    prefix = services_of(app).settings.key_prefix
+    original = await (await post(app, x=1, y=1)).get_json()
+    raw.delete(queue_key(prefix))
+    raw.set(queue_key(prefix), "not a list")  # every LPUSH to the queue fails
+    response = await app.test_client().post(f"/tasks/{original['id']}/rerun")
+    assert response.status_code == 503
+    listed = await (await app.test_client().get("/tasks")).get_json()
+    failed = [t for t in listed["items"] if t["state"] == "FAILURE"]
+    assert [t["error"]["type"] for t in failed] == ["EnqueueError"]
+    assert failed[0]["finished_at"] == failed[0]["updated_at"]
 
 
 async def test_a_record_that_cannot_be_made_sends_nothing(make_app, raw, monkeypatch):
