@@ -23,6 +23,7 @@ from werkzeug.routing.rules import Rule
 from taskstream.web import media
 from taskstream.web import models as m
 from taskstream.web import ops_models as om
+from taskstream.web.responses import json_response
 
 _REF = "#/components/schemas/{model}"
 _TEXT = {"schema": {"type": "string"}}
@@ -443,6 +444,12 @@ def _drop_null_defaults(node: Any) -> Any:
     return node
 
 
+async def _document() -> Response:
+    # As every JSON answer: not to be stored, since it follows the deployment (its task types)
+    # and the request (the root path in `servers`), and with authentication on it is a caller's.
+    return json_response(current_app.extensions["QUART_SCHEMA"].openapi_provider.schema())
+
+
 async def _docs_page() -> Response:
     return await current_app.send_static_file("docs.html")
 
@@ -474,3 +481,4 @@ def install(app: Quart) -> None:
         scalar_ui_path=None,
         openapi_provider_class=_Provider,
     )
+    app.view_functions["openapi"] = _document

@@ -61,6 +61,13 @@ def test_errors_are_problem_documents_and_streams_are_event_streams(document):
     assert set(snapshot["required"]) == set(TaskSnapshot.model_fields)
 
 
+def test_the_document_is_not_cached_like_every_json_answer(service):
+    # It follows the deployment (its task types) and the request (the root path in `servers`).
+    response = httpx.get(f"{service.url}/openapi.json", timeout=10)
+    assert response.headers["cache-control"] == "no-store"
+    assert httpx.get(f"{service.url}/task-types").headers["cache-control"] == "no-store"
+
+
 def test_real_snapshots_match_the_snapshot_model(service):
     created = submit(service.url, "sleep", seconds=0.2, steps=2)
     events = read_stream(service.url, created["id"], query="?last_event_id=0")
