@@ -21,7 +21,6 @@ from pydantic import (
     GetJsonSchemaHandler,
     Json,
     RootModel,
-    create_model,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError
@@ -159,7 +158,9 @@ class ProblemDetails(BaseModel):
 class SubmitBody(BaseModel):
     """A task to run: the name of a registered task and its arguments.
 
-    Positional `args` bind to the task's arguments in the order `GET /task-types` lists them.
+    Positional `args` bind to the task's arguments in the order `GET /task-types` lists them,
+    `kwargs` by name; each argument is given once, either way. Arguments are checked strictly: an
+    integer takes `464`, not `464.0` (which JSON Schema would count as an integer).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -174,26 +175,58 @@ class SubmitBody(BaseModel):
     ) -> JsonSchemaValue:
         # The envelope is validated here and each task's arguments by its own model (tasks/
         # registry.py); documented as one alternative per task so a reader sees every shape.
-        bodies = [handler(model.__pydantic_core_schema__) for model in _submissions()]
+        bodies = [_submission(name, REGISTRY[name], handler) for name in sorted(REGISTRY)]
         if not bodies:
             return handler(core_schema)
         # Each alternative fixes `task` to one name, so exactly one of them can match.
         return {"oneOf": bodies, "description": inspect.getdoc(cls)}
 
 
-def _submissions() -> list[type[BaseModel]]:
-    models = []
-    for name, task_type in sorted(REGISTRY.items()):
-        model = create_model(
-            f"Submit{name.title().replace('_', '')}",
-            __config__=ConfigDict(strict=True, extra="forbid", title=f"Submit {name}"),
-            __doc__=f"Submit `{name}`: {task_type.description}",
-            task=(Literal[name], ...),  # type: ignore[arg-type]
-            args=(list[Any], Field(default_factory=list, description="Positional arguments.")),
-            kwargs=(task_type.arguments, Field(None, description="Keyword arguments.")),
-        )
-        models.append(model)
-    return models
+def _submission(name: str, task_type: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    """The body that submits `task_type`, as bind_arguments (tasks/registry.py) takes it: `args`
+    bind to the parameters in order, `kwargs` by name, each parameter at most once, and every
+    required one either way. The arguments model alone would say that `kwargs` must hold every
+    required parameter, and that `args` takes anything."""
+    arguments = handler.resolve_ref_schema(handler(task_type.arguments.__pydantic_core_schema__))
+    properties: dict[str, Any] = arguments.get("properties", {})
+    required = set(arguments.get("required", []))
+    names = list(properties)
+    rules = []
+    for position, param in enumerate(names):
+        # Given by position when `args` reaches it; then not by name as well.
+        rule: dict[str, Any] = {
+            "if": {"required": ["args"], "properties": {"args": {"minItems": position + 1}}},
+            "then": {"properties": {"kwargs": {"not": {"required": [param]}}}},
+        }
+        if param in required:
+            rule["else"] = {"required": ["kwargs"], "properties": {"kwargs": {"required": [param]}}}
+        rules.append(rule)
+    by_name = {k: v for k, v in arguments.items() if k not in ("required", "title", "description")}
+    order = ", ".join(f"`{param}`" for param in names) or "none"
+    body: dict[str, Any] = {
+        "type": "object",
+        "title": f"Submit {name}",
+        "description": f"Submit `{name}`: {task_type.description}",
+        "properties": {
+            "task": {"const": name, "type": "string"},
+            "args": {
+                "type": "array",
+                "description": f"Positional arguments, in this order: {order}.",
+                "prefixItems": [properties[param] for param in names],
+                "items": False,
+            },
+            "kwargs": {
+                **by_name,
+                "type": "object",
+                "description": "Keyword arguments: the parameters not given by position.",
+            },
+        },
+        "required": ["task"],
+        "additionalProperties": False,
+    }
+    if rules:
+        body["allOf"] = rules
+    return body
 
 
 # Query and header parameters: the routes are decorated with these (quart-schema's

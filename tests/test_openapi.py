@@ -68,6 +68,42 @@ def test_the_document_is_not_cached_like_every_json_answer(service):
     assert httpx.get(f"{service.url}/task-types").headers["cache-control"] == "no-store"
 
 
+# (body, accepted): what POST /tasks takes, as the document must say. Arguments bind by position
+# and by name together, each once, as a Python call would.
+SUBMISSIONS = [
+    ({"task": "add", "args": [1, 2]}, True),
+    ({"task": "add", "kwargs": {"x": 1, "y": 2.5}}, True),
+    ({"task": "add", "args": [1], "kwargs": {"y": 2}}, True),
+    ({"task": "sleep", "args": [0]}, True),
+    ({"task": "sleep", "args": [0, 2]}, True),
+    ({"task": "sleep", "args": [0], "kwargs": {"steps": 2}}, True),
+    ({"task": "add"}, False),
+    ({"task": "add", "args": [1]}, False),
+    ({"task": "add", "kwargs": {"x": 1}}, False),
+    ({"task": "add", "args": [1, 2, 3]}, False),
+    ({"task": "add", "args": [1, "2"]}, False),
+    ({"task": "add", "args": [True, 2]}, False),
+    ({"task": "add", "args": [1, 2], "kwargs": {"x": 1}}, False),
+    ({"task": "add", "args": [1], "kwargs": {"x": 1, "y": 2}}, False),
+    ({"task": "add", "kwargs": {"x": 1, "y": 2, "z": 3}}, False),
+    ({"task": "add", "kwargs": None}, False),
+    ({"task": "sleep", "args": [0, 0]}, False),
+    ({"task": "sleep", "kwargs": {"steps": 2}}, False),
+    ({"task": "fail", "args": [1]}, False),
+]
+
+
+def test_the_documented_body_takes_what_post_tasks_takes_and_no_more(service, document):
+    from jsonschema import Draft202012Validator
+
+    pointer = "#/paths/~1tasks/post/requestBody/content/application~1json/schema"
+    validator = Draft202012Validator({**document, "$ref": pointer})
+    for body, accepted in SUBMISSIONS:
+        response = httpx.post(f"{service.url}/tasks", json=body, timeout=10)
+        assert (response.status_code == 202) is accepted, (body, response.text)
+        assert validator.is_valid(body) is accepted, body
+
+
 def test_real_snapshots_match_the_snapshot_model(service):
     created = submit(service.url, "sleep", seconds=0.2, steps=2)
     events = read_stream(service.url, created["id"], query="?last_event_id=0")
