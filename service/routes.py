@@ -25,6 +25,7 @@ from taskstream.web import direct
 from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.disconnects import on_end
 from taskstream.web.hub import Subscription
+from taskstream.web.media import JSON
 from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskstream.web.models import (
     GlobalStreamQuery,
@@ -85,7 +86,9 @@ def _validation_problem(errors: list[dict[str, str]], detail: str) -> Problem:
 
 
 async def _read_json_body() -> Any:
-    if not request.is_json:
+    # application/json alone (any parameters, such as a charset): request.is_json would also
+    # take every `+json` type, which the API does not say it reads.
+    if request.mimetype != JSON:
         raise Problem(
             415,
             "Unsupported Media Type",

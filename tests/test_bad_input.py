@@ -35,6 +35,10 @@ CASES = [
      422, "queue"),
     ("form body", b"task=add&x=1", "application/x-www-form-urlencoded", 415, None),
     ("text body", b'{"task": "add", "args": [1, 2]}', "text/plain", 415, None),
+    ("another json type", b'{"task": "add", "args": [1, 2]}', "application/vnd.api+json", 415,
+     None),
+    ("a problem as a body", b'{"task": "add", "args": [1, 2]}', "application/problem+json", 415,
+     None),
     ("deeply nested", b'{"task": "add", "args": [' + b"[" * 100000 + b"]" * 100000 + b"]}",
      "application/json", 413, None),
     ("nested within the limit", b'{"task": "fail", "kwargs": {"message": ' + b"[" * 5000
@@ -86,3 +90,12 @@ def test_unknown_route_and_method_are_problems(service):
 def test_bad_cursor_is_400(service):
     response = httpx.get(f"{service.url}/tasks?cursor=!!!")
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
+def test_a_json_body_is_taken_with_or_without_parameters(service, content_type):
+    response = httpx.post(f"{service.url}/tasks", content=b'{"task": "add", "args": [1, 2]}',
+                          headers={"Content-Type": content_type})  # fmt: skip
+    assert response.status_code == 202, response.text
