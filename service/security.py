@@ -172,12 +172,16 @@ def install(
 
     @app.after_request
     async def _cors(response: Response) -> Response:
+        if not allowed:
+            return response
+        # Every answer, not only an allowed origin's: the answer without the CORS headers is as
+        # much a choice made on Origin, and a cache must not give it to an allowed origin.
+        response.vary.add("Origin")
         origin = request.headers.get("Origin")
         if origin and origin in allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Access-Control-Expose-Headers"] = "Location, ETag, Retry-After"
-            response.headers.add("Vary", "Origin")
         return response
 
 

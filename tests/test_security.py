@@ -190,6 +190,16 @@ def test_a_preflight_answer_describes_no_body(secure):
     assert "content-length" not in preflight.headers
 
 
+def test_with_cors_on_every_answer_varies_by_origin(secure):
+    # The answer to an allowed origin carries Access-Control-Allow-Origin and others do not: a
+    # cache that kept one without `Vary: Origin` would give it to the other.
+    for headers in ({}, {"Origin": "https://evil.example"}, {"Origin": GOOD_ORIGIN}):
+        for path in ("/tasks", "/healthz", "/nowhere"):
+            response = httpx.get(secure.url + path, headers={**auth("alice"), **headers})
+            vary = [v.strip().lower() for v in response.headers.get("vary", "").split(",")]
+            assert vary.count("origin") == 1, (path, headers, response.headers.get("vary"))
+
+
 def test_a_malformed_origin_is_a_foreign_one_not_a_500(secure):
     for origin in ("http://[", "http://[zz]", "http://[::1", "http://[::1]:x"):
         assert httpx.get(f"{secure.url}/healthz", headers={"Origin": origin}).status_code == 200
