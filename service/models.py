@@ -333,23 +333,33 @@ class ListQuery(BaseModel):
         422, "Invalid query", "Some query parameters are not valid.", "validation"
     )
 
+    # A parameter that is given names something: `state=` or `worker=` is refused, as `limit=`
+    # is, rather than read as absent (a filter that silently filters nothing). The bounds apply
+    # to given values only; an absent parameter takes its default.
     state: Annotated[list[State], BeforeValidator(_comma_separated)] = Field(
         default_factory=list,
+        min_length=1,
         description="Only tasks in these states (repeat, or separate with commas).",
     )
     task: Annotated[list[str], BeforeValidator(_comma_separated)] = Field(
         default_factory=list,
+        min_length=1,
         description="Only tasks of these names (repeat, or separate with commas).",
     )
     limit: Annotated[int, AfterValidator(_within_list_limit)] = Field(
         20, ge=1, description="Page size, 1 to LIST_LIMIT_MAX."
     )
-    cursor: str | None = Field(None, description="The `next` value of the previous page.")
+    cursor: str | None = Field(
+        None, min_length=1, description="The `next` value of the previous page."
+    )
     worker: str | None = Field(
-        None, max_length=255, description="Only tasks run by this worker (its hostname)."
+        None,
+        min_length=1,
+        max_length=255,
+        description="Only tasks run by this worker (its hostname).",
     )
     id_prefix: str | None = Field(
-        None, max_length=64, description="Only tasks whose id starts with this."
+        None, min_length=1, max_length=64, description="Only tasks whose id starts with this."
     )
     since: float | None = Field(
         None, ge=0, description="Only tasks submitted at or after this Unix time."

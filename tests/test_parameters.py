@@ -39,6 +39,15 @@ async def problem(app: Quart, path: str, **headers: str) -> tuple[int, dict]:
         ("state=DONE", ["state"]),
         ("state=SUCCESS,DONE", ["state"]),
         ("state=DONE&limit=0", ["state", "limit"]),
+        # Given, a parameter names something: an empty one is not taken as absent.
+        ("state=", ["state"]),
+        ("state=,", ["state"]),
+        ("task=", ["task"]),
+        ("worker=", ["worker"]),
+        ("id_prefix=", ["id_prefix"]),
+        ("cursor=", ["cursor"]),
+        ("since=", ["since"]),
+        ("limit=", ["limit"]),
     ],
 )
 async def test_a_bad_list_query_is_a_422_naming_each_parameter(app, query, fields):
