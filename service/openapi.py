@@ -256,28 +256,31 @@ OPERATIONS.update(
     }
 )
 
-# Any route may answer these; documented everywhere so that a client knows their shape.
-_COMMON = {
-    401: _problem(
-        "Authentication is on and the request has no valid token, session or stream token.",
-        **{"WWW-Authenticate": "`Bearer`."},
-    ),
-    403: _problem("A cross-site request from an origin not in CORS_ORIGINS."),
-    429: _problem(
-        "Over a limit: submissions per caller per window, or open streams per caller.",
-        **{"Retry-After": "Seconds to wait before trying again."},
-    ),
-    413: _problem("The body, or a task's arguments, are larger than allowed."),
-    500: _problem("A fault on the server; the body never holds a traceback."),
-    503: _problem(
-        "Redis (the task store) is not reachable; try again shortly.",
-        **{"Retry-After": "Seconds to wait before trying again."},
-    ),
-}
+# Answers that routes share, each documented where it can be given, so that a client knows
+# their shape and does not prepare for answers that never come (see _common).
+_UNAUTHORIZED = _problem(
+    "Authentication is on and the request has no valid token, session or stream token.",
+    **{"WWW-Authenticate": "`Bearer`."},
+)
+_CROSS_SITE = _problem("A cross-site request from an origin not in CORS_ORIGINS.")
+_OVER_LIMIT = _problem(
+    "Over a limit: submissions per caller per window, or open streams per caller.",
+    **{"Retry-After": "Seconds to wait before trying again."},
+)
+_FAULT = _problem("A fault on the server; the body never holds a traceback.")
+_STORE_DOWN = _problem(
+    "Redis (the task store) is not reachable; try again shortly.",
+    **{"Retry-After": "Seconds to wait before trying again."},
+)
+# Submissions are limited per caller (or address) always; streams per caller, with callers.
+_SUBMISSIONS = {"tasks.submit", "ops.rerun"}
+_STREAMS = {"tasks.task_events", "tasks.all_events"}
+# What reads nothing from Redis, even to check a session: a store that is down does not show.
+_STORELESS = {"tasks.healthz", "tasks.dashboard", "docs", "static"}
 
 
 # How a caller proves who it is when authentication is on (API_TOKENS); with it off, nothing
-# is asked. See docs/security.md.
+# is asked but METRICS_TOKEN, if set, by /metrics. See docs/security.md.
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": {"type": "http", "scheme": "bearer",
                "description": "A token of API_TOKENS, for scripts and the CLI."},
@@ -292,14 +295,34 @@ SECURITY_SCHEMES: dict[str, Any] = {
 _OPEN = {"tasks.healthz", "tasks.readyz", "tasks.dashboard", "docs", "static"}
 
 
-def _security(endpoint: str) -> list[dict[str, list[str]]]:
+def _security(endpoint: str, auth: bool, metrics_token: bool) -> list[dict[str, list[str]]]:
+    """What this deployment asks of a caller of `endpoint` (authentication and METRICS_TOKEN
+    are its settings): an empty list where it asks nothing."""
     if endpoint in _OPEN:
         return []
     if endpoint == "tasks.metrics":
-        return [{"bearer": []}, {"metricsToken": []}, {"session": []}]
+        schemes = ["bearer", "session"] if auth else []
+        schemes += ["metricsToken"] if metrics_token else []
+        return [{name: []} for name in schemes]
+    if not auth:
+        return []
     if endpoint == "tasks.task_events":
         return [{"bearer": []}, {"session": []}, {"streamToken": []}]
     return [{"bearer": []}, {"session": []}]
+
+
+def _common(endpoint: str, method: str, secured: bool, auth: bool) -> dict[int, Answer]:
+    """The shared answers `method` on `endpoint` can give in this deployment."""
+    common = {500: _FAULT}
+    if secured:
+        common[401] = _UNAUTHORIZED
+    if method in ("post", "put", "patch", "delete"):
+        common[403] = _CROSS_SITE
+    if endpoint in _SUBMISSIONS or (auth and endpoint in _STREAMS):
+        common[429] = _OVER_LIMIT
+    if endpoint not in _STORELESS:
+        common[503] = _STORE_DOWN
+    return common
 
 
 class _Provider(OpenAPIProvider):
@@ -318,7 +341,18 @@ class _Provider(OpenAPIProvider):
             "Run jobs on Celery workers and follow every change live over Server-Sent Events. "
             "Errors are RFC 9457 problem documents (`application/problem+json`)."
         )
-        document["components"]["securitySchemes"] = SECURITY_SCHEMES
+        # Only the schemes some operation here asks for: with authentication off, none (or the
+        # scraper's token), so that a client generated from the document asks for no token.
+        used = {
+            name
+            for item in document["paths"].values()
+            for op in item.values()
+            for requirement in op.get("security", [])
+            for name in requirement
+        }
+        schemes = {k: v for k, v in SECURITY_SCHEMES.items() if k in used}
+        if schemes:
+            document["components"]["securitySchemes"] = schemes
         components = document["components"]["schemas"]
         for name, model in (("TaskSnapshot", m.TaskSnapshot), ("ProblemDetails", m.ProblemDetails)):
             components.setdefault(name, self._component(model, components))
@@ -355,11 +389,13 @@ class _Provider(OpenAPIProvider):
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:
         paths, components = super().build_paths(rule)
         operation = OPERATIONS.get(rule.endpoint)
+        settings = self._app.extensions["taskstream"].settings
+        auth, metrics_token = settings.auth_enabled, bool(settings.metrics_token)
         for item in paths.values():
             for method, op in item.items():
                 op = item[method] = dict(op)
                 op.setdefault("operationId", f"{method}_{rule.endpoint.replace('.', '_')}")
-                op["security"] = _security(rule.endpoint)
+                op["security"] = _security(rule.endpoint, auth, metrics_token)
                 if operation is None:
                     op["responses"] = {"default": {"description": "Not described yet."}}
                     continue
@@ -376,7 +412,10 @@ class _Provider(OpenAPIProvider):
                         else answer,
                         components,
                     )
-                    for status, answer in {**_COMMON, **operation.answers}.items()
+                    for status, answer in {
+                        **_common(rule.endpoint, method, bool(op["security"]), auth),
+                        **operation.answers,
+                    }.items()
                 }
         return paths, components
 

@@ -225,3 +225,45 @@ async def test_a_route_and_the_document_cannot_disagree_on_a_declared_model(make
     monkeypatch.setitem(openapi.OPERATIONS, "tasks.healthz", replace(health, answers=drifted))
     with pytest.raises(RuntimeError, match=r"tasks\.healthz"):
         provider.schema()
+
+
+async def document_of(make_app, **settings) -> dict:  # type: ignore[no-untyped-def]
+    app = await make_app(**settings)
+    headers = {"Authorization": "Bearer " + "a" * 32} if settings.get("api_tokens") else {}
+    return await (await app.test_client().get("/openapi.json", headers=headers)).get_json()
+
+
+def answers(document: dict, path: str, method: str) -> set[str]:
+    return set(document["paths"][path][method]["responses"])
+
+
+async def test_the_document_asks_for_credentials_only_where_this_deployment_does(make_app):
+    opened = await document_of(make_app)
+    assert "securitySchemes" not in opened["components"]
+    for item in opened["paths"].values():
+        for op in item.values():
+            assert op["security"] == [] and "401" not in op["responses"], op["operationId"]
+    secured = await document_of(make_app, api_tokens="ops:" + "a" * 32 + ":admin",
+                                secret_key="s" * 32)  # fmt: skip
+    assert set(secured["components"]["securitySchemes"]) == {"bearer", "session", "streamToken"}
+    assert {"bearer": []} in secured["paths"]["/tasks"]["post"]["security"]
+    assert {"401", "403", "429"} <= answers(secured, "/tasks", "post")
+    assert "429" in answers(secured, "/tasks/{task_id}/events", "get")
+    # A scraper's token alone: /metrics asks for it, nothing else asks for anything.
+    scraped = await document_of(make_app, metrics_token="m" * 32)
+    assert set(scraped["components"]["securitySchemes"]) == {"metricsToken"}
+    assert scraped["paths"]["/metrics"]["get"]["security"] == [{"metricsToken": []}]
+    assert scraped["paths"]["/tasks"]["get"]["security"] == []
+
+
+async def test_each_operation_lists_only_the_answers_it_can_give(make_app):
+    document = await document_of(make_app, api_tokens="ops:" + "a" * 32 + ":admin",
+                                 secret_key="s" * 32)  # fmt: skip
+    # Liveness reads nothing and asks for nothing: it answers or the process is down.
+    assert answers(document, "/healthz", "get") == {"200", "500"}
+    # No body is read but POST /tasks's; only unsafe methods are refused cross-site; only
+    # submissions and streams are limited per caller.
+    for path, method in [("/tasks", "get"), ("/tasks/{task_id}", "get"), ("/task-types", "get")]:
+        assert not {"403", "413", "429"} & answers(document, path, method), (path, method)
+    assert "413" not in answers(document, "/tasks/{task_id}", "delete")
+    assert "403" in answers(document, "/tasks/{task_id}", "delete")
