@@ -43,9 +43,11 @@ def _not_found(task_id: str) -> Problem:
                    kind="task-not-found")  # fmt: skip
 
 
-def _task_names() -> list[str]:
-    # The closed set of names metrics and charts are labelled with: only registered tasks.
-    return sorted(REGISTRY)
+async def _task_names(svc: Services) -> list[str]:
+    # The closed set of names metrics and charts are labelled with: the submittable tasks and
+    # those the workers have run (names their apps register).
+    ran = await svc.redis.smembers(svc.keys.task_names)
+    return sorted(set(REGISTRY) | set(ran))
 
 
 def _reserved_by_queue(workers: list[Worker]) -> dict[str, int]:
@@ -63,7 +65,7 @@ async def scrape(svc: Services) -> Scrape:
     workers = await svc.monitor.workers()
     queues = {q for w in workers if w.online for q in w.queues}
     return Scrape(
-        stats=await svc.monitor.stats(_task_names()),
+        stats=await svc.monitor.stats(await _task_names(svc)),
         workers=workers,
         depths=await svc.queue_depths.read(queues),
         reserved=_reserved_by_queue(workers),
@@ -167,10 +169,10 @@ async def stats() -> Answered:
     for row in rows:
         states[row[0]] = states.get(row[0], 0) + 1
     if current_caller().admin:
-        throughput = await svc.monitor.throughput(_task_names())
+        throughput = await svc.monitor.throughput(await _task_names(svc))
     else:
         # Not the deployment's figures, which would tell one caller how much the others send.
-        throughput = _own_throughput(rows, _task_names(), time.time())
+        throughput = _own_throughput(rows, await _task_names(svc), time.time())
     body = om.Stats(states=states, counted=len(rows), **throughput)
     return body, 200, NO_STORE
 

@@ -525,13 +525,9 @@ class RecordBackend(RedisBackend):
             result = jsonable(result)
         except (TypeError, ValueError) as exc:
             error = {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"}
-            record_or_create(
-                self.app,
-                Change(
-                    task_id, {"state": TaskState.FAILURE, "error": error, "finished_at": utcnow()}
-                ),
-                None,
-            )
+            now = utcnow()
+            fields = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
+            record_or_create(self.app, Change(task_id, fields, at=now), _name(request))
             # Celery then fails the task as it would with its own JSON backend.
             raise EncodeError(str(exc)) from exc
         outcome = self._record_end(task_id, result, state, None, request)

@@ -80,6 +80,12 @@ class Keys:
         """One task name's runtimes: a hash of bucket bound -> count, plus `sum` and `count`."""
         return f"{self.prefix}:stats:runtime:{task}"
 
+    @property
+    def task_names(self) -> str:
+        """The names of the tasks workers have run: what the figures are kept for, a set (bounded
+        by the tasks the workers' apps register)."""
+        return f"{self.prefix}:stats:names"
+
     def recent_runtimes(self, task: str) -> str:
         """One task name's latest runtimes as `unix time:seconds`, newest first, capped."""
         return f"{self.prefix}:stats:recent:{task}"

@@ -30,7 +30,6 @@ from taskstream import connections
 from taskstream.keys import Keys
 from taskstream.monitor import OUTCOMES, record_end
 from taskstream.recording import settings_of
-from taskstream.registry import REGISTRY
 from taskstream.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -110,6 +109,16 @@ def _on_shutdown(sender: Any = None, **_: Any) -> None:
         keys.worker(hostname), "stopped_at", time.time()))  # fmt: skip
 
 
+# The text of the Ignore that Task.replace raises (celery.app.task).
+_REPLACED = "Replaced by new task"
+
+
+def _counted(name: str, app: Any) -> bool:
+    """Whether a task's figures are kept: every task of the project (a name its app registers,
+    so the set of names stays closed), not Celery's own (celery.chord_unlock and the like)."""
+    return not name.startswith("celery.") and name in app.tasks
+
+
 @task_received.connect
 def _on_received(request: Any = None, **_: Any) -> None:
     hostname = request.hostname
@@ -129,12 +138,15 @@ def _on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
 
 
 @task_postrun.connect
-def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, **_: Any) -> None:
+def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, **kw: Any) -> None:
     began = _started.pop(task_id, None)
     runtime = None if began is None else time.monotonic() - began
     hostname = task.request.hostname
-    # A task the record had already cancelled is skipped (Ignore): it ended REVOKED.
+    # A task the record had already cancelled is skipped (Ignore): it ended REVOKED. One replaced
+    # (Task.replace) has not ended: its replacement, under the same id, counts.
     outcome = TaskState.REVOKED if state == "IGNORED" else state
+    if state == "IGNORED" and str(kw.get("retval")) == _REPLACED:
+        outcome = None
     ran = state in (TaskState.SUCCESS, TaskState.FAILURE)
 
     def write(pipe: Any, keys: Keys) -> None:
@@ -143,7 +155,8 @@ def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, *
         pipe.hincrby(worker, "processed", 1)
         if state == TaskState.FAILURE:
             pipe.hincrby(worker, "failed", 1)
-        if task.name in REGISTRY and outcome in OUTCOMES:
+        if _counted(task.name, task.app) and outcome in OUTCOMES:
+            pipe.sadd(keys.task_names, task.name)
             record_end(pipe, keys, task.name, outcome, runtime if ran else None, time.time())
 
     _report("task ended", write)
@@ -159,7 +172,8 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None
 
     def write(pipe: Any, keys: Keys) -> None:
         pipe.hincrby(keys.worker(hostname), "active" if terminated else "reserved", -1)
-        if name in REGISTRY:
+        if isinstance(name, str) and _counted(name, current_app):
+            pipe.sadd(keys.task_names, name)
             record_end(pipe, keys, name, TaskState.REVOKED, None, time.time())
 
     _report("task revoked", write)

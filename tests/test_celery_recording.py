@@ -570,3 +570,18 @@ def test_get_on_message_hears_each_state_as_asyncresult_reads_it(app, rec):
     assert started, seen
     # The worker's name, as AsyncResult(...).info gives it while it runs, not None.
     assert started[0]["result"]["hostname"].startswith("rec")
+
+
+def test_stats_count_every_task_of_the_project_not_only_submittable_ones(app, rec):
+    # The worker's tasks are what the project has: plain @shared_task ones have no schema here.
+    add = app.tasks["tests.record_app.plain_add"]
+    assert add.delay(2, 2).get(timeout=30) == 4
+    deadline = time.monotonic() + 10
+    while True:
+        body = httpx.get(f"{rec.url}/stats", timeout=5).json()
+        names = {r["task"]: r for r in body["runtimes"]}
+        if "tests.record_app.plain_add" in names or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert names["tests.record_app.plain_add"]["count"] >= 1
+    assert not any(name.startswith("celery.") for name in names)
