@@ -16,7 +16,7 @@ from quart import Blueprint, Response, request
 from quart_schema import validate_response
 
 from taskstream.monitor import HOUR_MINUTES, OUTCOMES, Worker, runtime_summary
-from taskstream.record import Change, utcnow
+from taskstream.record import ending
 from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TaskState
@@ -264,10 +264,7 @@ async def rerun(task_id: str) -> Response:
     except NotQueued as exc:
         log.error("could not enqueue re-run %s: %s", new_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
-        # One reading of the clock: the change that ends a task is when it finished.
-        now = utcnow()
-        ended = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
-        await svc.record.record(Change(new_id, ended, at=now))
+        await svc.record.record(ending(new_id, {"state": TaskState.FAILURE, "error": error}))
         raise Problem(503, "Service Unavailable", "The task queue is not reachable; try again.",
                       kind="queue-unavailable", headers={"Retry-After": "5"}) from None  # fmt: skip
     svc.metrics.submitted += 1

@@ -17,7 +17,7 @@ from quart import Blueprint, Response, after_this_request, request, send_from_di
 from quart.typing import ResponseTypes
 from quart_schema import validate_headers, validate_querystring, validate_response
 
-from taskstream.record import Change, Status, dumps, utcnow
+from taskstream.record import Status, dumps, ending
 from taskstream.recording import NotQueued
 from taskstream.registry import REGISTRY, ArgumentsInvalid, bind_arguments
 from taskstream.states import TERMINAL, TaskState
@@ -145,10 +145,7 @@ async def submit() -> Response:
     except NotQueued as exc:
         log.error("could not enqueue task %s: %s", task_id, type(exc.__cause__).__name__)
         error = {"type": "EnqueueError", "message": "the task could not be queued"}
-        # One reading of the clock: the change that ends a task is when it finished.
-        now = utcnow()
-        ended = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
-        await svc.record.record(Change(task_id, ended, at=now))
+        await svc.record.record(ending(task_id, {"state": TaskState.FAILURE, "error": error}))
         raise Problem(
             503,
             "Service Unavailable",
@@ -209,10 +206,7 @@ async def cancel(task_id: str) -> Response:
     await _check_owner(task_id)
     # Recording REVOKED is the cancel: the terminal guard in the record makes it atomic against
     # the task finishing, so exactly one of them wins.
-    now = utcnow()  # one reading: the cancel is both its last change and its end
-    outcome = await svc.record.record(
-        Change(task_id, {"state": TaskState.REVOKED, "finished_at": now}, at=now)
-    )
+    outcome = await svc.record.record(ending(task_id, {"state": TaskState.REVOKED}))
     if outcome.status is Status.UNKNOWN:
         raise _not_found(task_id)
     if outcome.status is Status.TERMINAL:

@@ -33,7 +33,14 @@ from celery.exceptions import Ignore, TaskRevokedError
 from kombu.exceptions import EncodeError
 
 from taskstream.progress import progress_of
-from taskstream.record import Change, Outcome, Status, jsonable, split_announcement, utcnow
+from taskstream.record import (
+    Change,
+    Outcome,
+    Status,
+    ending,
+    jsonable,
+    split_announcement,
+)
 from taskstream.recording import (
     error_fields,
     record,
@@ -69,6 +76,12 @@ _ending: ContextVar[bool] = ContextVar("taskstream_ending", default=False)
 
 # The text of the Ignore that Task.replace raises (celery.app.task).
 _REPLACED = "Replaced by new task"
+
+
+def replaced(retval: Any) -> bool:
+    """Whether a task that ended IGNORED was replaced (Task.replace): it has not ended, its
+    replacement runs under the same id."""
+    return isinstance(retval, Ignore) and str(retval) == _REPLACED
 
 
 def _running(task_id: str) -> bool:
@@ -456,23 +469,21 @@ class RecordBackend(RedisBackend):
     def _record_end(
         self, task_id: str, result: Any, state: str, traceback: Any, request: Any
     ) -> Outcome:
-        now = utcnow()
         if state == states.SUCCESS:
             fields: dict[str, Any] = {"state": TaskState.SUCCESS, "result": result}
         else:
             fields = {"state": state}
             if state == states.FAILURE:
                 fields.update(error_fields(self.app, self._as_exception(result), traceback))
-        fields["finished_at"] = now
-        return record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
+        return record_last_change(self.app, ending(task_id, fields), _name(request))
 
     def end_ignored(self, task_id: str, exc: BaseException, request: Any) -> None:
         """The running task raised Ignore (task_postrun): Celery stores nothing then, and the
         record would stay STARTED for ever. It ends as the task last said with update_state
         (Celery's documented way to end a task with a state of one's own), else as REVOKED
         with the reason, so that its followers are told it is over."""
-        if str(exc) == _REPLACED:
-            # Task.replace: the replacement was sent with this task's id and records its end.
+        if replaced(exc):
+            # The replacement was sent with this task's id and records its end.
             return
         found = recorder(self.app).fields(task_id, ["state", "progress"])
         if found is None or found[0] in TERMINAL:
@@ -483,9 +494,8 @@ class RecordBackend(RedisBackend):
             self._record_end(task_id, (progress or {}).get("meta"), said, None, request)
         else:
             error = {"type": "Ignore", "message": str(exc) or "the task raised Ignore"}
-            now = utcnow()
-            fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
-            record_last_change(self.app, Change(task_id, fields, at=now), _name(request))
+            fields = {"state": TaskState.REVOKED, "error": error}
+            record_last_change(self.app, ending(task_id, fields), _name(request))
         self._end_chain(task_id, request, "ended by raising Ignore")
 
     def _as_exception(self, result: Any) -> BaseException:
@@ -525,9 +535,8 @@ class RecordBackend(RedisBackend):
             result = jsonable(result)
         except (TypeError, ValueError) as exc:
             error = {"type": "ResultNotJSON", "message": f"the result is not JSON: {exc}"}
-            now = utcnow()
-            fields = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
-            record_or_create(self.app, Change(task_id, fields, at=now), _name(request))
+            fields = {"state": TaskState.FAILURE, "error": error}
+            record_or_create(self.app, ending(task_id, fields), _name(request))
             # Celery then fails the task as it would with its own JSON backend.
             raise EncodeError(str(exc)) from exc
         outcome = self._record_end(task_id, result, state, None, request)
@@ -591,6 +600,4 @@ class RecordBackend(RedisBackend):
             later = (step.get("options") or {}).get("task_id") if isinstance(step, dict) else None
             if not isinstance(later, str):
                 continue
-            now = utcnow()
-            fields = {"state": TaskState.REVOKED, "error": error, "finished_at": now}
-            record(self.app, Change(later, fields, at=now))
+            record(self.app, ending(later, {"state": TaskState.REVOKED, "error": error}))

@@ -295,6 +295,13 @@ class Change:
     clock: float = field(default_factory=time.time)
 
 
+def ending(task_id: str, fields: dict[str, Any]) -> Change:
+    """The change that ends a task with `fields` (its terminal state and what goes with it): one
+    reading of the clock, so that its `finished_at` is its `updated_at`."""
+    now = utcnow()
+    return Change(task_id, {**fields, "finished_at": now}, at=now)
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: Status

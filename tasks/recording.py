@@ -230,7 +230,7 @@ def creation(
     ahead: bool = False,
 ) -> Change:
     """The change that creates a task's record (PENDING, seq 1) from what its message says, or
-    `ahead` of its message, from its signature (see record_ahead)."""
+    `ahead` of its message, from its signature (see ahead_creations)."""
     now = time.time()
     at = utcnow()
     limit = t.settings.args_stored_bytes
@@ -265,9 +265,9 @@ def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Ch
     later work whose ids Celery has already handed out: its chain's later steps (each the
     child of the one before) and its chord's body. Celery sends those messages only when the
     work before them is done; their records are made now, so that the ids apply_async returned
-    can be followed at once. Celery fails them when a step before them fails; record_chain_end
-    ends them when one is cancelled. Only plain tasks: a group or chord within has no task id
-    of its own."""
+    can be followed at once. Celery fails them when a step before them fails; the backend ends
+    them when one is cancelled or ignored (RecordBackend._end_chain). Only plain tasks: a group
+    or chord within has no task id of its own."""
     fields = sent.set
     made: list[Change] = []
 

@@ -17,7 +17,7 @@ from kombu.exceptions import EncodeError
 from kombu.utils.objects import cached_property
 
 from taskstream import recording
-from taskstream.record import Change, utcnow
+from taskstream.record import ending
 from taskstream.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,6 @@ def not_sent(app: Celery, task_id: str | None, exc: Exception) -> None:
         found = rec.fields(task_id, ["state"])
         if found is None or found[0] != TaskState.PENDING:
             return
-        now = utcnow()
-        fields = {"state": TaskState.FAILURE, "error": error, "finished_at": now}
-        rec.record(Change(task_id, fields, at=now))
+        rec.record(ending(task_id, {"state": TaskState.FAILURE, "error": error}))
     except Exception:
         log.exception("could not record that task %s was not sent", task_id)

@@ -27,6 +27,7 @@ from celery.signals import (
 )
 
 from taskstream import connections
+from taskstream.backend import replaced
 from taskstream.keys import Keys
 from taskstream.monitor import OUTCOMES, record_end
 from taskstream.recording import settings_of
@@ -109,10 +110,6 @@ def _on_shutdown(sender: Any = None, **_: Any) -> None:
         keys.worker(hostname), "stopped_at", time.time()))  # fmt: skip
 
 
-# The text of the Ignore that Task.replace raises (celery.app.task).
-_REPLACED = "Replaced by new task"
-
-
 def _counted(name: str, app: Any) -> bool:
     """Whether a task's figures are kept: every task of the project (a name its app registers,
     so the set of names stays closed), not Celery's own (celery.chord_unlock and the like)."""
@@ -145,7 +142,7 @@ def _on_postrun(task_id: str = "", task: Any = None, state: str | None = None, *
     # A task the record had already cancelled is skipped (Ignore): it ended REVOKED. One replaced
     # (Task.replace) has not ended: its replacement, under the same id, counts.
     outcome = TaskState.REVOKED if state == "IGNORED" else state
-    if state == "IGNORED" and str(kw.get("retval")) == _REPLACED:
+    if state == "IGNORED" and replaced(kw.get("retval")):
         outcome = None
     ran = state in (TaskState.SUCCESS, TaskState.FAILURE)
 

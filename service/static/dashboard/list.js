@@ -83,11 +83,16 @@ function listUrl(cursor, until = null) {
 
 // Whether a snapshot from the stream belongs in the filtered list. The worker is not in the
 // snapshot: with that filter on, only tasks the server listed are shown (and kept up to date).
+// submitted_at carries microseconds, Date.parse takes milliseconds: Unix seconds, or NaN.
+function submittedUnix(snap) {
+  return Date.parse(String(snap.submitted_at || "").replace(/(\.\d{3})\d+/, "$1")) / 1000;
+}
+
 function matches(snap) {
   if (filters.states.length && !filters.states.includes(snap.state)) return false;
   if (filters.name && snap.task !== filters.name) return false;
   if (filters.q && !snap.id.startsWith(filters.q)) return false;
-  const submitted = Date.parse(String(snap.submitted_at || "").replace(/(\.\d{3})\d+/, "$1")) / 1000;
+  const submitted = submittedUnix(snap);
   if (unix(filters.since) !== null && submitted < unix(filters.since)) return false;
   if (unix(filters.until) !== null && submitted > unix(filters.until)) return false;
   return true;
@@ -224,9 +229,9 @@ function trim() {
           (snap.submitted_at || "") < (victim.submitted_at || ""));
       if (better) victim = snap;
     }
-    // submitted_at carries microseconds, Date.parse milliseconds: a millisecond more keeps the
-    // row itself inside the bound of the page that brings it back.
-    const submitted = Date.parse(String(victim.submitted_at || "").replace(/(\.\d{3})\d+/, "$1")) / 1000;
+    // A millisecond more (submittedUnix drops the microseconds) keeps the row itself inside the
+    // bound of the page that brings it back.
+    const submitted = submittedUnix(victim);
     if (!Number.isNaN(submitted)) droppedNewest = Math.max(droppedNewest ?? 0, submitted + 0.001);
     remove(victim.id);
   }
