@@ -89,7 +89,8 @@ class Authenticator:
         if not self.enabled:
             if self._metrics is None:
                 return None  # nothing to protect it with: open, as every route is
-            raise _unauthorized("Send `Authorization: Bearer <METRICS_TOKEN>`.")
+            raise unauthorized("Send `Authorization: Bearer <METRICS_TOKEN>`.",
+                               invalid=token is not None)  # fmt: skip
         caller = self.caller(request)
         if not caller.admin:
             raise Problem(403, "Forbidden", "Metrics are for admins and the metrics token.",
@@ -130,23 +131,29 @@ class Authenticator:
         if request.headers.get("Authorization"):
             token = _bearer(request)
             found = self._tokens.get(_digest(token)) if token is not None else None
+            if token is None:
+                raise unauthorized("Only `Authorization: Bearer <token>` is accepted.")
             if found is None:
-                raise _unauthorized("The bearer token is not valid.")
+                raise unauthorized("The bearer token is not valid.", invalid=True)
             return found
         query_token = request.args.get("token")
         if query_token and task_id is not None:
             claims: dict[str, Any] = {}
             found = self._verify(self._streams, query_token, claims)
             if found is None or claims.get("t") != task_id:
-                raise _unauthorized("The stream token is not valid for this task, or expired.")
+                raise unauthorized(
+                    "The stream token is not valid for this task, or expired.", invalid=True
+                )
             return replace(found, by_stream_token=True)
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
             found = self._verify(self._sessions, cookie)
             if found is None:
-                raise _unauthorized("The session has ended or is no longer valid; sign in again.")
+                raise unauthorized(
+                    "The session has ended or is no longer valid; sign in again.", invalid=True
+                )
             return found
-        raise _unauthorized("Send `Authorization: Bearer <token>`.")
+        raise unauthorized("Send `Authorization: Bearer <token>`.")
 
     def _verify(
         self, serializer: URLSafeSerializer, signed: str, out: dict[str, Any] | None = None
@@ -178,8 +185,12 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _unauthorized(detail: str) -> Problem:
-    return Problem(
-        401, "Unauthorized", detail, kind="unauthorized",
-        headers={"WWW-Authenticate": 'Bearer realm="taskstream"'},
-    )  # fmt: skip
+def unauthorized(detail: str, *, invalid: bool = False) -> Problem:
+    """A 401 with its challenge. `invalid`: a credential came and is not (or no longer) valid,
+    which RFC 6750 names `invalid_token`, so a client knows to get a new one rather than retry;
+    a request that brought none gets the bare challenge."""
+    challenge = 'Bearer realm="taskstream"'
+    if invalid:
+        challenge += ', error="invalid_token"'
+    return Problem(401, "Unauthorized", detail, kind="unauthorized",
+                   headers={"WWW-Authenticate": challenge})  # fmt: skip

@@ -260,7 +260,11 @@ OPERATIONS.update(
 # their shape and does not prepare for answers that never come (see _common).
 _UNAUTHORIZED = _problem(
     "Authentication is on and the request has no valid token, session or stream token.",
-    **{"WWW-Authenticate": "`Bearer`."},
+    **{
+        "WWW-Authenticate": '`Bearer realm="taskstream"`, with `, error="invalid_token"` when '
+        "the request brought a bearer token, stream token or session cookie that is not (or no "
+        "longer) valid."
+    },
 )
 _CROSS_SITE = _problem("A cross-site request from an origin not in CORS_ORIGINS.")
 _OVER_LIMIT = _problem(

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from quart import Quart, Response, current_app, g, request
 
 from taskstream.keys import Keys
-from taskstream.web.auth import LOCAL, Authenticator, Caller
+from taskstream.web.auth import LOCAL, Authenticator, Caller, unauthorized
 from taskstream.web.problems import Problem
 from taskstream.web.responses import bodiless
 
@@ -101,8 +101,7 @@ async def revoke_session(caller: Caller) -> None:
 
 
 def _session_ended() -> Problem:
-    return Problem(401, "Unauthorized", "This session was ended; sign in again.",
-                   kind="unauthorized", headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    return unauthorized("This session was ended; sign in again.", invalid=True)
 
 
 def _host_name(host: str) -> str:

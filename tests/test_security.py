@@ -63,7 +63,12 @@ def test_every_api_route_needs_a_valid_token(secure):
                         {"Authorization": f"Basic {TOKENS['alice']}"}):  # fmt: skip
             response = httpx.request(method, secure.url + path, headers=headers, json={})
             assert response.status_code == 401, (method, path, headers)
-            assert response.headers["www-authenticate"].startswith("Bearer")
+            challenge = response.headers["www-authenticate"]
+            assert challenge.startswith('Bearer realm="taskstream"')
+            # RFC 6750 3.1: a bearer token that is not valid is named so; a request without
+            # one (or with another scheme) gets the bare challenge.
+            forged = headers.get("Authorization", "").startswith("Bearer ")
+            assert ('error="invalid_token"' in challenge) == forged, (challenge, headers)
             assert response.headers["content-type"] == "application/problem+json"
     for path in ("/healthz", "/readyz", "/", "/docs"):
         assert httpx.get(secure.url + path).status_code == 200

@@ -115,6 +115,10 @@ def test_logout_revokes_the_cookie_and_the_stream_tokens_it_issued(make_service)
         assert httpx.delete(f"{svc.url}/session", cookies=ended).status_code == 204
         # A copy of the cookie kept by someone (or the browser's, not cleared) is refused.
         assert status(svc.url, ended) == 401
+        refused = httpx.get(f"{svc.url}/tasks", cookies=ended)
+        assert refused.headers["www-authenticate"] == (
+            'Bearer realm="taskstream", error="invalid_token"'
+        )
         assert httpx.post(f"{svc.url}/session", cookies=ended).status_code == 401
         assert opens(svc.url, task_id, issued) == 401
         # Nor does it read the metrics, which admins' sessions may.
