@@ -20,7 +20,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -31,8 +30,6 @@ from taskstream.web import direct
 
 if TYPE_CHECKING:
     from taskstream.web.hub import Hub
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 @dataclass(frozen=True)

@@ -407,7 +407,7 @@ class StreamToken(BaseModel):
 
 
 class MetricsText(BaseModel):
-    """Counters and gauges in the Prometheus text exposition format (version 0.0.4)."""
+    """Counters and gauges in the Prometheus text exposition format (its version in the type)."""
 
     media_type: ClassVar[str] = PROMETHEUS_TEXT
 

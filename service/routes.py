@@ -25,8 +25,7 @@ from taskstream.web import direct
 from taskstream.web.auth import SESSION_COOKIE
 from taskstream.web.disconnects import on_end
 from taskstream.web.hub import Subscription
-from taskstream.web.media import JSON
-from taskstream.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from taskstream.web.media import JSON, PROMETHEUS_TEXT
 from taskstream.web.models import (
     GlobalStreamQuery,
     Health,
@@ -557,7 +556,7 @@ async def readyz() -> Answered:
 async def metrics() -> Response:
     svc = services()
     body = svc.metrics.render(svc.hub, await scrape(svc))
-    return Response(body, content_type=METRICS_CONTENT_TYPE)
+    return Response(body, content_type=PROMETHEUS_TEXT)
 
 
 @bp.get("/")

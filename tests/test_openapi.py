@@ -267,3 +267,11 @@ async def test_each_operation_lists_only_the_answers_it_can_give(make_app):
         assert not {"403", "413", "429"} & answers(document, path, method), (path, method)
     assert "413" not in answers(document, "/tasks/{task_id}", "delete")
     assert "403" in answers(document, "/tasks/{task_id}", "delete")
+
+
+def test_metrics_are_documented_with_the_type_they_are_sent_with(service, document):
+    # The exposition format's version is in its type: a reader of the document must find the
+    # version the service writes, not a bare text/plain.
+    sent = httpx.get(f"{service.url}/metrics", timeout=10).headers["content-type"]
+    assert sent.startswith("text/plain; version=")
+    assert list(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [sent]
