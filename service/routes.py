@@ -227,12 +227,9 @@ async def cancel(task_id: str) -> Response:
     return json_response(_linked(outcome.data or "", task_id), 202)
 
 
-def _stream_response(body: StreamBody) -> Response:
-    if request.method == "HEAD":
-        # The headers a GET would have, and no stream: Quart runs HEAD through the GET handler,
-        # and a stream whose body is never sent would hold the connection (and its slot and
-        # subscription) until its task ended, or for ever on GET /events.
-        body.release()
+def _stream_response(body: StreamBody | None) -> Response:
+    """The stream's answer; with no body (a HEAD), the headers a GET would have."""
+    if body is None:
         response = Response(b"", status=200)
     else:
         # However the request ends (even abandoned before its body is read), the stream gives
@@ -255,12 +252,23 @@ def _options() -> StreamOptions:
     )
 
 
-async def _subscribe(task_id: str | None) -> tuple[Subscription, Callable[[], None]]:
+def _nothing() -> None:
+    pass
+
+
+async def _subscribe(task_id: str | None) -> tuple[Subscription | None, Callable[[], None]]:
     """A stream slot and a hub subscription (one task's, or all with None), confirmed by Redis,
-    and how to give both back, whichever way the response ends."""
+    and how to give both back, whichever way the response ends.
+
+    For a HEAD, none (the slot is only tried, so that it answers as a GET would): Quart runs it
+    through the GET handler, and it sends no changes, so a subscription made for it would only
+    linger on the process and a stream that is never sent would hold its connection."""
     svc = services()
     caller = current_caller()
     slot = svc.slots.acquire(caller)
+    if request.method == "HEAD":
+        svc.slots.release(slot)
+        return None, _nothing
     try:
         sub = await svc.hub.subscribe(task_id)
     except BaseException:
@@ -301,6 +309,8 @@ async def task_events(task_id: str, query_args: StreamQuery, headers: StreamHead
     except BaseException:
         cleanup()
         raise
+    if sub is None:
+        return _stream_response(None)
     body = task_stream(
         sub, svc.record, task_id, current, after, _options(), direct.transport_for(request.scope)
     )
@@ -328,6 +338,8 @@ async def all_events(query_args: GlobalStreamQuery, headers: StreamHeaders) -> R
     except BaseException:
         cleanup()
         raise
+    if sub is None:
+        return _stream_response(None)
     body = global_stream(
         sub, svc.record, after, _options(), visible=current_caller().sees, epoch=epoch
     )

@@ -10,7 +10,9 @@ import time
 
 import httpx
 import pytest
+import redis
 
+from taskstream.keys import Keys
 from tests.harness import TERMINAL, assert_contiguous, poll_until_done, read_stream, submit
 
 
@@ -179,3 +181,9 @@ def test_head_on_a_stream_answers_its_headers_and_frees_the_connection(service):
             assert answer.headers["content-type"] == "text/event-stream"
             assert c.get("/healthz").status_code == 200
         assert c.head("/tasks/no-such-task/events").status_code == 404
+    # Nor did it subscribe to anything on the way: a HEAD needs no changes (and a channel
+    # subscribed for it would linger seconds on every web process a prober reaches).
+    keys = Keys(service.prefix)
+    with redis.Redis.from_url(service.redis_url) as client:
+        channels = [keys.task_channel(task["id"]), keys.task_channel("no-such-task")]
+        assert [n for _, n in client.pubsub_numsub(*channels)] == [0, 0]
