@@ -132,7 +132,9 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
             values.get("error_args"),
         )
     elif state == TaskState.REVOKED:
-        result = _exception("TaskRevokedError", "revoked", "celery.exceptions")
+        result = _exception(
+            "TaskRevokedError", error.get("message") or "revoked", "celery.exceptions"
+        )
     return {
         "task_id": task_id,
         "status": status,
@@ -475,6 +477,10 @@ class RecordBackend(RedisBackend):
             fields = {"state": state}
             if state == states.FAILURE:
                 fields.update(error_fields(self.app, self._as_exception(result), traceback))
+            elif state == states.REVOKED and isinstance(result, BaseException) and str(result):
+                # Celery's reason (expired, terminated, revoked): a task that expired before
+                # it ran is told from one that was cancelled.
+                fields["error"] = {"type": type(result).__name__, "message": str(result)}
         return record_last_change(self.app, ending(task_id, fields), _name(request))
 
     def end_ignored(self, task_id: str, exc: BaseException, request: Any) -> None:

@@ -7,6 +7,7 @@ demonstration ones), a real web; producers are plain Python processes or this on
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import threading
 import time
@@ -531,6 +532,16 @@ def test_asyncresult_answers_as_the_record_for_revoked(app, rec):
         "successful": False,
     }
     assert httpx.get(f"{rec.url}/tasks/{snap['id']}").json()["state"] == "REVOKED"
+
+
+def test_a_task_that_expired_before_it_ran_says_so(app, rec):
+    # Celery revokes it on receipt, with a reason: the stream tells it from a cancel.
+    gone = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=5)
+    result = app.tasks["tests.record_app.plain_add"].apply_async((1, 2), expires=gone)
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert states(events)[-1] == "REVOKED"
+    assert events[-1][1]["error"] == {"type": "TaskRevokedError", "message": "expired"}
+    assert result.state == "REVOKED"
 
 
 def test_get_waits_on_the_tasks_announcements(app, rec):
