@@ -67,8 +67,12 @@ _META_FIELDS = (
 )
 
 # Recorded by the task hooks and signals, for every task; a backend hears of them only for tasks
-# that keep results (and STARTED before the task could be stopped when cancelled).
+# that keep results (and STARTED before the task could be stopped when cancelled). Said by the
+# task itself with update_state, they are progress like any other state it names.
 _NOT_STORED_HERE = frozenset({states.PENDING, states.RECEIVED, states.STARTED, states.RETRY})
+
+# What Celery's tracer stores as STARTED for a task with track_started (celery.app.trace).
+_TRACKED_START_KEYS = frozenset({"pid", "hostname"})
 
 
 # Set while Celery stores a task's end through store_result (mark_as_failure, mark_as_revoked).
@@ -112,9 +116,10 @@ def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[s
     if state == TaskState.PROGRESS:
         progress = values.get("progress") or {}
         status = progress.get("state") or TaskState.PROGRESS
-        if status in states.READY_STATES:
+        if status in states.READY_STATES or status in states.EXCEPTION_STATES:
             # update_state(state=SUCCESS) from a task still running: AsyncResult is not ready
-            # (get() waits) until the task has ended, as the record says.
+            # (get() waits) until the task has ended, as the record says. (And RETRY said so
+            # holds no exception for AsyncResult to read.)
             status = TaskState.PROGRESS
         if "meta" in progress:
             result = progress["meta"]
@@ -444,7 +449,7 @@ class RecordBackend(RedisBackend):
     ) -> Any:
         # What reaches here is update_state (or a caller's own store_result): the outcomes Celery
         # knows of come through mark_as_done, mark_as_failure and mark_as_revoked.
-        if state in _NOT_STORED_HERE:
+        if state in _NOT_STORED_HERE and not self._said_by_task(task_id, result, state):
             return result
         if state in states.READY_STATES and (_ending.get() or not _running(task_id)):
             # Stored from outside the task (a script closing a task by hand): its outcome.
@@ -452,6 +457,18 @@ class RecordBackend(RedisBackend):
         else:
             self._record_progress(task_id, result, state, request)
         return result
+
+    @staticmethod
+    def _said_by_task(task_id: str, result: Any, state: str) -> bool:
+        """Whether the running task said this state itself (update_state), rather than Celery
+        storing the start of a task with track_started."""
+        if not _running(task_id):
+            return False
+        return not (
+            state == states.STARTED
+            and isinstance(result, dict)
+            and result.keys() == _TRACKED_START_KEYS
+        )
 
     def _record_progress(self, task_id: str, result: Any, state: str, request: Any) -> Outcome:
         """update_state from the running task, whatever the state's name: SUCCESS or FAILURE
@@ -527,6 +544,19 @@ class RecordBackend(RedisBackend):
 
     def mark_as_started(self, task_id: str, **meta: Any) -> Any:
         return meta
+
+    def mark_as_retry(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: Any = None,
+        request: Any = None,
+        store_result: bool = True,
+        state: str = states.RETRY,
+    ) -> None:
+        # Recorded by the task_retry signal, with the failure, for every task: stored here from
+        # inside the running task it would read as the task saying RETRY with update_state.
+        return None
 
     def mark_as_done(
         self,

@@ -5,8 +5,9 @@ with `self.update_state(state=..., meta=...)` also keeps its whole `meta` there,
 other than PROGRESS (Celery allows any name) is kept as `progress.state`: the snapshot's `state`
 stays in the contract's vocabulary (PROGRESS), while AsyncResult answers with the custom name
 and the meta, as Celery would. Except for SUCCESS, FAILURE and REVOKED said by a task still
-running: AsyncResult answers PROGRESS (not ready) until the task has ended, so that get() returns
-the task's outcome, not what it said on the way.
+running (and RETRY, which holds no exception): AsyncResult answers PROGRESS (not ready) until the
+task has ended, so that get() returns the task's outcome, not what it said on the way. Celery's
+own names PENDING and STARTED said with a meta are answered as said.
 """
 
 from __future__ import annotations

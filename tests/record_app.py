@@ -40,9 +40,9 @@ def stages(self: Any, n: int) -> str:
 
 
 @shared_task(bind=True)
-def custom_state(self: Any, gate: str) -> str:
+def custom_state(self: Any, gate: str, state: str = "DOWNLOADING") -> str:
     """Reports a state of its own, then waits until the test has looked (a key named `gate`)."""
-    self.update_state(state="DOWNLOADING", meta={"file": "a.csv", "done": 3})
+    self.update_state(state=state, meta={"file": "a.csv", "done": 3})
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     deadline = time.monotonic() + 30
     while not client.exists(gate) and time.monotonic() < deadline:
