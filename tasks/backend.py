@@ -206,6 +206,7 @@ class RecordResultConsumer(BaseResultConsumer):
         channel = self.backend.keys.task_channel(task_id)
         with self._lock:
             self._leaving.discard(channel)
+            self._leave()
             if channel in self._channels:
                 return
             # Noted first: a reconnection subscribes to every channel noted.
@@ -218,25 +219,39 @@ class RecordResultConsumer(BaseResultConsumer):
 
     def cancel_for(self, task_id: str) -> None:
         # Never blocks: it also runs from AsyncResult.__del__, in whatever thread the garbage
-        # collector picked. Whoever holds the lock next unsubscribes.
+        # collector picked, and then must not wait on the network either (with Redis away, an
+        # UNSUBSCRIBE is retried for half a minute). Closing the connection when nothing is
+        # awaited any more is local; an UNSUBSCRIBE waits for the next wait or drain.
         self._leaving.add(self.backend.keys.task_channel(task_id))
         if self._lock.acquire(blocking=False):
             try:
-                self._leave()
+                self._leave(send=False)
             finally:
                 self._lock.release()
 
-    def _leave(self) -> None:
+    def _leave(self, send: bool = True) -> None:
+        """Stop hearing what is no longer awaited (under the lock); `send`: from a thread that
+        may wait on Redis."""
+        if not send and self._leaving >= self._channels:
+            self._leaving.clear()
+            self._channels.clear()
+            self._unconfirmed.clear()
+            self._close()
+            return
+        if not send:
+            return
+        left = []
         while self._leaving:
             channel = self._leaving.pop()
             if channel in self._channels:
                 self._channels.discard(channel)
                 self._unconfirmed.discard(channel)
-                if self._pubsub is not None and self._channels:
-                    with self.reconnect_on_error():
-                        self._pubsub.unsubscribe(channel)
+                left.append(channel)
         if not self._channels:
             self._close()
+        elif left and self._pubsub is not None:
+            with self.reconnect_on_error():
+                self._pubsub.unsubscribe(*left)
 
     def stop(self) -> None:
         with self._lock:

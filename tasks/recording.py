@@ -14,6 +14,7 @@ import threading
 import time
 import traceback as tb
 import weakref
+from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,6 +59,11 @@ RERUN_HEADER = "taskstream_rerun_of"
 RESULT_BACKEND = "taskstream.backend:RecordBackend"
 
 
+# Enough for the largest header a producer sends at once; an id forgotten is only recorded again
+# (refused as existing), never lost.
+_AHEAD_REMEMBERED = 10_000
+
+
 class Tracking:
     """What taskstream keeps for one tracked Celery app: its settings and this process's client."""
 
@@ -67,6 +73,18 @@ class Tracking:
         # This process's clients, one per role (_WORKER, _PUBLISHER), made on first use.
         self._clients: dict[tuple[float, int], Recorder] = {}
         self._lock = threading.Lock()
+        # Ids this process has recorded ahead of their messages, newest last: every member of a
+        # chord's header carries the same body, recorded once (see record_publish).
+        self._made_ahead: OrderedDict[str, None] = OrderedDict()
+
+    def made_ahead(self, task_id: str) -> bool:
+        return task_id in self._made_ahead
+
+    def note_ahead(self, task_id: str) -> None:
+        with self._lock:
+            self._made_ahead[task_id] = None
+            if len(self._made_ahead) > _AHEAD_REMEMBERED:
+                self._made_ahead.popitem(last=False)
 
     @property
     def recorder(self) -> Recorder:
@@ -396,7 +414,9 @@ def record_publish(t: Tracking, change: Change, ahead: list[Change] | None = Non
         if outcome.status is Status.EXISTS:
             t.publisher.fill_ahead(change)
         for later in ahead or ():
-            t.publisher.record(later)
+            if not t.made_ahead(later.task_id):
+                t.publisher.record(later)
+                t.note_ahead(later.task_id)
     except Exception as exc:
         if mine:
             raise NotRecorded(exc) from exc

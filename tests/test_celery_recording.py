@@ -8,6 +8,8 @@ demonstration ones), a real web; producers are plain Python processes or this on
 from __future__ import annotations
 
 import datetime
+import gc
+import json
 import subprocess
 import threading
 import time
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 from kombu.exceptions import EncodeError, OperationalError
@@ -426,6 +429,61 @@ def test_get_learns_the_outcome_announced_while_its_subscription_was_down(tmp_pa
         svc.stop()
         if celery is not None:
             celery.close()
+        server.stop()
+
+
+def test_a_chords_body_is_recorded_ahead_once_not_once_per_header_member():
+    # Every header member's message carries the body: recorded for each, a chord of 40 cost its
+    # producer 39 scripts run for nothing.
+    import tests.record_app  # noqa: F401  (registers the shared tasks)
+
+    server = RedisServer().start()
+    celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix="chord-once"))
+    try:
+        celery.loader.import_default_modules()
+        add, total = (
+            celery.tasks["tests.record_app.plain_add"],
+            celery.tasks["tests.record_app.total"],
+        )
+        client = redis.Redis.from_url(server.url)
+
+        def scripts_run() -> int:
+            stats = client.info("commandstats")
+            return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+                       for name in ("eval", "evalsha"))  # fmt: skip
+
+        before = scripts_run()
+        body = chord([add.si(i, i) for i in range(40)], total.s()).apply_async()
+        assert scripts_run() - before <= 40 + 2
+        created = json.loads(client.hget(f"chord-once:task:{body.id}", "state"))
+        assert created == "PENDING"
+        client.close()
+    finally:
+        celery.close()
+        server.stop()
+
+
+def test_a_result_dropped_while_redis_is_away_does_not_block_its_thread():
+    # AsyncResult.__del__ stops waiting on its task: run by the garbage collector in whatever
+    # thread it interrupts, it must never wait on the network (a group's members each wait).
+    import tests.record_app  # noqa: F401  (registers the shared tasks)
+
+    server = RedisServer().start()
+    celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix="dropped"))
+    try:
+        celery.loader.import_default_modules()
+        add = celery.tasks["tests.record_app.plain_add"]
+        results = [add.delay(i, i) for i in range(3)]
+        for result in results:
+            result.then(lambda _: None, weak=True)  # waits on it, as a group's barrier does
+        server.halt()
+        started = time.monotonic()
+        del result
+        results.clear()
+        gc.collect()
+        assert time.monotonic() - started < 1.0
+    finally:
+        celery.close()
         server.stop()
 
 
