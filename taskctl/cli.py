@@ -34,7 +34,7 @@ task arguments (submit):
 exit codes:
   {exitcodes.OK}    success; for submit --follow and watch, the task ended SUCCESS
   {exitcodes.FAILURE}    the task ended FAILURE (its error is on stderr)
-  {exitcodes.REVOKED}    the task ended REVOKED (cancelled)
+  {exitcodes.REVOKED}    the task ended REVOKED (cancelled, or revoked by Celery: why on stderr)
   {exitcodes.USAGE}    bad command line, or the service refused the request (reason on stderr)
   {exitcodes.UNAVAILABLE}    the service could not be reached or failed (for longer than --patience,
        when following)
@@ -174,6 +174,9 @@ def _outcome(snap: dict[str, Any], json_lines: bool) -> int:
             print(f"result: {render.dumps(snap.get('result'))}")
     elif state == "FAILURE":
         _error(f"task {snap['id']} failed: {render.error_text(snap.get('error'))}")
+    elif state == "REVOKED" and snap.get("error"):
+        # Revoked by Celery itself (expired, terminated) or ended by raising Ignore: say why.
+        _error(f"task {snap['id']} was revoked: {render.error_text(snap['error'])}")
     elif state == "REVOKED":
         _error(f"task {snap['id']} was cancelled (REVOKED)")
     return exitcodes.FOR_STATE[state]
