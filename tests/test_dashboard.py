@@ -19,7 +19,16 @@ from typing import Any
 import httpx
 
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
-from tests.harness import DESKTOP, ROOT, Service, poll_until_done, submit
+from taskstream.record import ending
+from tests.harness import (
+    DESKTOP,
+    ROOT,
+    Service,
+    accept_directly,
+    direct_recorder,
+    poll_until_done,
+    submit,
+)
 
 PHONE = {"width": 390, "height": 844}
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
@@ -184,6 +193,22 @@ def test_cancel_a_running_task(service: Service, open_page) -> None:
     assert "Cancelled" in row(page, task_id).inner_text()
     server = assert_matches_server(page, service.url, task_id)
     assert server["state"] == "REVOKED"
+
+
+def test_a_task_celery_revoked_shows_why_not_cancelled(service: Service, open_page) -> None:
+    page = open_page(service.url + "/")
+    recorder = direct_recorder(service)
+    try:
+        task_id = accept_directly(recorder)
+        error = {"type": "TaskRevokedError", "message": "expired"}
+        recorder.record(ending(task_id, {"state": "REVOKED", "error": error}))
+    finally:
+        recorder.client.close()
+
+    assert wait_for_state(page, task_id, TERMINAL) == "REVOKED"
+    text = row(page, task_id).inner_text()
+    assert "TaskRevokedError: expired" in row(page, task_id).locator(".task-error").inner_text()
+    assert "Cancelled" not in text and "Last error" not in text
 
 
 def test_validation_errors_are_shown_next_to_their_fields(service: Service, open_page) -> None:

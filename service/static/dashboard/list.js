@@ -208,6 +208,7 @@ export function announceEnd(snap) {
   const name = `${snap.task} task ${shortId(snap.id)}`;
   if (snap.state === "SUCCESS") say(`${name} succeeded.`);
   else if (snap.state === "FAILURE") say(`${name} failed: ${errorText(snap.error)}`);
+  else if (snap.error) say(`${name} was revoked: ${errorText(snap.error)}`);
   else say(`${name} was cancelled.`);
 }
 
@@ -405,7 +406,8 @@ export function renderOutcome(box, snap) {
   }
   if (snap.error) {
     const error = typeof snap.error === "object" ? snap.error : { message: String(snap.error) };
-    const label = snap.state === "FAILURE" ? "Error" : "Last error";
+    // A REVOKED task's error says why (Celery's reason, or Ignore): a cancel has none.
+    const label = { FAILURE: "Error", REVOKED: "Revoked" }[snap.state] ?? "Last error";
     box.append(
       el(
         "p",
