@@ -42,6 +42,7 @@ from taskstream.record import (
     split_announcement,
 )
 from taskstream.recording import (
+    ahead_ids,
     error_fields,
     record,
     record_last_change,
@@ -105,6 +106,12 @@ def _exception(
     # its arguments where they were kept, else its text.
     exc_message = args if isinstance(args, list) else [message]
     return {"exc_type": type_name, "exc_message": exc_message, "exc_module": module}
+
+
+def _later_ids(request: Any) -> list[str]:
+    """The ids recorded ahead for the chain steps after `request`'s task (ahead_creations)."""
+    steps = getattr(request, "chain", None) if request is not None else None
+    return [i for step in (steps if isinstance(steps, list) else ()) for i in ahead_ids(step)]
 
 
 def meta_of(task_id: str, values: dict[str, Any], children: list[str]) -> dict[str, Any]:
@@ -625,6 +632,13 @@ class RecordBackend(RedisBackend):
             )
         finally:
             _ending.reset(token)
+        # Celery fails the later steps it can name (a task's, a chord's body), not a group's
+        # members nor a chord's header, which were recorded ahead too and will never be sent.
+        later = _later_ids(request)
+        if later:
+            fields = {"state": TaskState.FAILURE, **error_fields(self.app, exc, traceback)}
+            for one in later:
+                record(self.app, ending(one, fields))
 
     def mark_as_revoked(
         self,
@@ -646,9 +660,5 @@ class RecordBackend(RedisBackend):
         be sent: Celery stops a chain at a step that is cancelled or ignored (it fails the rest
         only when a step fails). They end REVOKED, saying which step stopped them."""
         error = {"type": "TaskRevokedError", "message": f"not run: task {task_id} before it {what}"}
-        steps = getattr(request, "chain", None) if request is not None else None
-        for step in steps if isinstance(steps, list) else ():
-            later = (step.get("options") or {}).get("task_id") if isinstance(step, dict) else None
-            if not isinstance(later, str):
-                continue
+        for later in _later_ids(request):
             record(self.app, ending(later, {"state": TaskState.REVOKED, "error": error}))

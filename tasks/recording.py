@@ -281,15 +281,16 @@ def message_embed(body: Any) -> dict[str, Any]:
 def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Change]:
     """The records to make when `sent` (the creation of a message being published) carries
     later work whose ids Celery has already handed out: its chain's later steps (each the
-    child of the one before) and its chord's body. Celery sends those messages only when the
-    work before them is done; their records are made now, so that the ids apply_async returned
-    can be followed at once. Celery fails them when a step before them fails; the backend ends
-    them when one is cancelled or ignored (RecordBackend._end_chain). Only plain tasks: a group
-    or chord within has no task id of its own."""
+    child of the one before; a group's members each the child of the step before the group, a
+    chord's header so too and its body) and its chord's body. Celery sends those messages only
+    when the work before them is done; their records are made now, so that the ids apply_async
+    returned can be followed at once. The backend ends them when a step before them fails, is
+    cancelled or is ignored (RecordBackend._end_chain). A chain nested in a group or chord is
+    left to be recorded when it is sent."""
     fields = sent.set
     made: list[Change] = []
 
-    def ahead(signature: Any, parent_id: str | None) -> str | None:
+    def task(signature: Any, parent_id: str | None, group_id: str | None = None) -> str | None:
         if not isinstance(signature, dict) or signature.get("subtask_type"):
             return None
         options = signature.get("options") or {}
@@ -307,19 +308,65 @@ def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Ch
                 queue=options.get("queue"),
                 parent_id=parent_id,
                 root_id=options.get("root_id") or fields.get("root_id"),
-                group_id=options.get("group_id"),
+                group_id=options.get("group_id") or group_id,
                 ahead=True,
             )
         )
         return task_id
 
+    def step(signature: Any, parent_id: str | None) -> str | None:
+        """Record what one step runs; the id the step after it is the child of, or None."""
+        kind, members, body = canvas_parts(signature)
+        if kind == "task":
+            return task(signature, parent_id)
+        if kind == "other":
+            return None
+        group_id = (signature.get("options") or {}).get("task_id")
+        for member in members:
+            task(member, parent_id, group_id if isinstance(group_id, str) else None)
+        return task(body, None) if body is not None else None
+
     parent: str | None = sent.task_id
-    for step in reversed(embed.get("chain") or []):
-        parent = ahead(step, parent)
+    for later in reversed(embed.get("chain") or []):
+        parent = step(later, parent)
         if parent is None:
             break
-    ahead(embed.get("chord"), None)
+    step(embed.get("chord"), None)
     return made
+
+
+def canvas_parts(signature: Any) -> tuple[str, list[Any], Any]:
+    """A signature as a message carries it: ("task", [], None) for a plain task, ("group",
+    members, None), ("chord", header members, body), or ("other", [], None)."""
+    if not isinstance(signature, dict):
+        return "other", [], None
+    kind = signature.get("subtask_type")
+    if not kind:
+        return "task", [], None
+    kwargs = signature.get("kwargs") or {}
+    if kind == "group":
+        members = kwargs.get("tasks")
+        return "group", members if isinstance(members, list) else [], None
+    if kind == "chord":
+        _, members, _ = canvas_parts(kwargs.get("header"))
+        header = kwargs.get("header")
+        if isinstance(header, list):
+            members = header
+        return "chord", members, kwargs.get("body")
+    return "other", [], None
+
+
+def ahead_ids(signature: Any) -> list[str]:
+    """The ids ahead_creations records for one later step of a chain."""
+    kind, members, body = canvas_parts(signature)
+    found = [signature] if kind == "task" else [*members, body]
+    ids = []
+    for one in found:
+        if isinstance(one, dict) and not one.get("subtask_type"):
+            task_id = (one.get("options") or {}).get("task_id")
+            if isinstance(task_id, str):
+                ids.append(task_id)
+    return ids
 
 
 def message_payload(body: Any) -> tuple[Any, Any]:

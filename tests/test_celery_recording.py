@@ -241,6 +241,52 @@ def test_a_chains_later_steps_and_a_chords_body_are_followable_before_they_are_s
         recorder.client.close()
 
 
+def test_a_group_or_chord_inside_a_chain_is_followable_before_it_is_sent(app, rec):
+    # chain(a, group(b, c)) hands back b's and c's ids, and chain(a, group(b, c), d) hands
+    # back d's (a chord's body): each answers at once, and runs to its end when its turn comes.
+    gated, add = app.tasks["tests.record_app.gated"], app.tasks["tests.record_app.plain_add"]
+    total = app.tasks["tests.record_app.total"]
+    gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
+    fanned = chain(gated.si(gate, 1), group(add.si(2, 2), add.si(3, 3))).apply_async()
+    joined = chain(gated.si(gate, 1), group(add.si(4, 4), add.si(5, 5)), total.s()).apply_async()
+    waiting = [*fanned.results, joined, *joined.parent.results]
+    for result in waiting:
+        answer = httpx.get(f"{rec.url}/tasks/{result.id}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "PENDING"
+    open_gate(rec, gate)
+    assert [poll_until_done(rec.url, r.id)["result"] for r in waiting] == [4, 6, 18, 8, 10]
+    recorder = direct_recorder(rec)
+    try:
+        parents = [recorder.details(r.id)["parent_id"] for r in fanned.results]
+        assert parents == [fanned.parent.id] * 2
+    finally:
+        recorder.client.close()
+
+
+def test_a_group_or_chord_after_a_failed_step_fails_with_it(app, rec):
+    explode, add = app.tasks["tests.record_app.explode"], app.tasks["tests.record_app.plain_add"]
+    total = app.tasks["tests.record_app.total"]
+    fanned = chain(explode.si("before the group"), group(add.si(1, 1), add.si(2, 2))).apply_async()
+    joined = chain(
+        explode.si("before the chord"), group(add.si(1, 1), add.si(2, 2)), total.s()
+    ).apply_async()
+    for result in [*fanned.results, joined, *joined.parent.results]:
+        snap = poll_until_done(rec.url, result.id)
+        assert (snap["state"], snap["error"]["type"]) == ("FAILURE", "KeyError"), snap
+
+
+def test_a_group_after_a_cancelled_step_ends_with_it(app, rec):
+    add = app.tasks["tests.record_app.plain_add"]
+    result = chain(add.si(1, 1).set(countdown=2), group(add.si(2, 2), add.si(3, 3))).apply_async()
+    first = result.parent
+    assert httpx.delete(f"{rec.url}/tasks/{first.id}").status_code == 202
+    for member in result.results:
+        snap = poll_until_done(rec.url, member.id)
+        assert snap["state"] == "REVOKED"
+        assert first.id in snap["error"]["message"]
+
+
 def test_the_steps_after_a_cancelled_one_end_with_it(app, rec):
     add = app.tasks["tests.record_app.plain_add"]
     result = chain(add.si(1, 1).set(countdown=2), add.s(1), add.s(1)).apply_async()
