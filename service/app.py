@@ -8,6 +8,7 @@ from taskstream.celery_app import load_celery
 from taskstream.settings import Settings
 from taskstream.web import openapi, problems, security
 from taskstream.web.auth import Authenticator
+from taskstream.web.cursors import Cursors
 from taskstream.web.direct import FindConnection
 from taskstream.web.disconnects import EndOnDisconnect
 from taskstream.web.embed import RootPath
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, *, handle_signals: bool = False
     )
     svc = Services(settings=settings, celery=load_celery(settings))
     svc.auth = Authenticator(settings, clock=lambda: svc.clock())
+    svc.cursors = Cursors(settings.secret_key, settings.previous_secret_keys)
     svc.slots = StreamSlots(settings.max_streams_per_caller, settings.max_streams_per_process)
     app.extensions["taskstream"] = svc
     app.extensions["celery"] = svc.celery

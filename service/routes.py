@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import math
@@ -404,26 +402,10 @@ async def stream_token(task_id: str) -> Answered:
     return body, 200, NO_STORE
 
 
-# A cursor is a position in the newest-first order: a score (submission time) and how many of
-# the tasks with exactly that score were passed, in the order Redis lists ties. It names no task:
-# a page that stops among other callers' tasks must not hand their ids to this one.
-_MAX_CURSOR_TIES = 1_000_000
-
-
-def _encode_cursor(score: float, passed: int) -> str:
-    return base64.urlsafe_b64encode(f"{score!r} {passed}".encode()).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> tuple[float, int]:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        score, passed = raw.split(" ")
-        # Redis refuses NaN as a score bound; no cursor this service gives out holds one. A count
-        # beyond any real run of ties would only make Redis read that many entries.
-        if math.isnan(float(score)) or not (passed.isdigit() and int(passed) <= _MAX_CURSOR_TIES):
-            raise ValueError(raw)
-        return float(score), int(passed)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return services().cursors.decode(cursor)
+    except ValueError:
         raise Problem(
             400, "Bad cursor", "Use the `next` value of a previous page.", kind="bad-cursor"
         ) from None
@@ -465,7 +447,7 @@ async def list_tasks(query_args: ListQuery) -> Response:
         return chosen
 
     items, next_at = await list_page(svc.record, select, limit, (max_score, passed), since)
-    next_cursor = None if next_at is None else _encode_cursor(*next_at)
+    next_cursor = None if next_at is None else svc.cursors.encode(*next_at)
     body = '{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}"
     return json_response(body)
 

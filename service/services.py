@@ -25,6 +25,7 @@ from taskstream.record import AsyncRecorder, Outcome
 from taskstream.recording import submit as submit_task
 from taskstream.settings import Settings
 from taskstream.web.auth import Authenticator
+from taskstream.web.cursors import Cursors
 from taskstream.web.hub import Hub
 from taskstream.web.metrics import Metrics
 from taskstream.web.problems import Problem
@@ -47,6 +48,7 @@ class Services:
     # Wall-clock time for windows (the submission limit); tests set their own instead of waiting.
     clock: Callable[[], float] = time.time
     auth: Authenticator = field(init=False)
+    cursors: Cursors = field(init=False)
     slots: StreamSlots = field(init=False)
     redis: Any = None
     record: AsyncRecorder = field(init=False)

@@ -5,8 +5,11 @@ In-process against a real Redis; tasks are recorded as the web records them."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
+
+import pytest
 
 from taskstream.record import Change, new_task_fields, utcnow
 from taskstream.states import TaskState
@@ -108,11 +111,17 @@ async def test_a_cursor_names_no_task_the_caller_may_not_see(make_app):
         for text in (cursor, cursor_text(cursor)):
             assert not any(task_id in text for task_id in hidden), text
             assert not any(task_id[:8] in text for task_id in hidden), text
+        # Nor when one of them was submitted (their scores are 5000.0, 5001.0, ...).
+        assert not re.search(r"5\d{3}\.0", cursor_text(cursor)), cursor_text(cursor)
     assert seen == [mine]
 
 
-async def test_a_tampered_cursor_is_a_400_not_a_fault(make_app):
-    app = await make_app(api_tokens=TOKENS, secret_key="s" * 32)
+@pytest.mark.parametrize("secured", [True, False])
+async def test_a_tampered_cursor_is_a_400_not_a_fault(make_app, secured):
+    # With authentication on, a cursor is sealed (a forged one fails its tag); off, it is a
+    # plain position, and what is not one of ours fails to parse.
+    settings = {"api_tokens": TOKENS, "secret_key": "s" * 32} if secured else {}
+    app = await make_app(**settings)
     client = app.test_client()
     async with app.app_context():
         for i in range(3):
@@ -120,7 +129,11 @@ async def test_a_tampered_cursor_is_a_400_not_a_fault(make_app):
     first = await client.get("/tasks?limit=1", headers={"Authorization": f"Bearer {ALICE}"})
     given = (await first.get_json())["next"]
     assert given is not None
-    score = cursor_text(given).split(" ")[0]
+    score = "1002.0"
+    assert (cursor_text(given).split(" ")[0] == score) is not secured
+    flipped = given[:-2] + ("A" if given[-2] != "A" else "B") + given[-1]
+    assert (await client.get(f"/tasks?cursor={flipped}", headers={
+        "Authorization": f"Bearer {ALICE}"})).status_code == 400  # fmt: skip
     for text in (f"{score} -1", f"{score} 1.5", f"{score} 99999999999999999999", score,
                  "nan 0", f"{score} 0 0", f"{score} 0b6f", f"{score} \u0661"):  # fmt: skip
         forged = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
