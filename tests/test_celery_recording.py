@@ -607,6 +607,16 @@ def test_a_task_that_raises_ignore_ends_its_stream_and_says_why(app, rec):
     assert events[-1][1]["error"]["type"] == "Ignore"
 
 
+def test_a_task_replaced_by_another_ends_as_its_replacement(app, rec):
+    result = app.tasks["tests.record_app.hand_over"].delay(2, 3)
+    assert result.get(timeout=30) == 5
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert_contiguous([i for i, _ in events], first=1)
+    assert states(events)[-1] == "SUCCESS" and events[-1][1]["result"] == 5
+    # Replaced is not an end: nothing terminal before the replacement's.
+    assert not set(states(events)[:-1]) & {"SUCCESS", "FAILURE", "REVOKED"}, states(events)
+
+
 def test_asyncresult_answers_as_the_record_for_failure(app, rec):
     result = app.tasks["tests.record_app.explode"].delay("boom")
     with pytest.raises(KeyError) as raised:
