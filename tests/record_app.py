@@ -19,6 +19,12 @@ from taskstream.celery_app import create_celery
 
 app = create_celery()
 
+if os.environ.get("RECORD_APP_BEAT"):
+    # For the beat test: a periodic task, as a project's beat_schedule names one.
+    app.conf.beat_schedule = {
+        "answer": {"task": "tests.record_app.plain_add", "schedule": 1.0, "args": (20, 22)}
+    }
+
 
 @shared_task
 def plain_add(x: float, y: float) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import gc
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -137,6 +138,37 @@ def test_every_way_of_sending_records_pending_at_once_then_the_worker_runs_it(ma
         assert isinstance(details["runtime"], float) and details["runtime"] >= 0
     finally:
         recorder.client.close()
+
+
+def test_tasks_sent_by_celery_beat_are_recorded_when_sent(rec, tmp_path):
+    beat = Proc(
+        "beat",
+        [python(), "-m", "celery", "-A", APP, "beat", "--schedule", str(tmp_path / "schedule"),
+         "--loglevel", "INFO"],
+        {**rec.env, "RECORD_APP_BEAT": "1"},
+        rec.log_dir,
+    ).start()  # fmt: skip
+    # With the worker paused, a record can only come from beat's own publish.
+    worker = rec.workers[0]
+    worker.signal_group(signal.SIGSTOP)
+    recorder = direct_recorder(rec)
+    try:
+        deadline = time.monotonic() + 30
+        sent: list[str] = []
+        while not sent:
+            assert time.monotonic() < deadline, beat.tail()
+            time.sleep(0.2)
+            listed = httpx.get(f"{rec.url}/tasks?task=tests.record_app.plain_add&limit=100")
+            ids = [t["id"] for t in listed.json()["items"]]
+            sent = [i for i in ids if (recorder.details(i) or {}).get("args") == [20, 22]]
+        assert httpx.get(f"{rec.url}/tasks/{sent[0]}").json()["state"] == "PENDING"
+    finally:
+        worker.signal_group(signal.SIGCONT)
+        beat.stop()
+        recorder.client.close()
+    events = read_stream(rec.url, sent[0], query="?last_event_id=0", timeout=30)
+    assert states(events) == ["PENDING", "RECEIVED", "STARTED", "SUCCESS"]
+    assert events[-1][1]["result"] == 42
 
 
 def test_post_tasks_publishes_like_any_producer(rec):
