@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import redis
 from celery import Celery, current_task
@@ -335,7 +335,10 @@ def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Ch
     return made
 
 
-def canvas_parts(signature: Any) -> tuple[str, list[Any], Any]:
+CanvasKind = Literal["task", "group", "chord", "other"]
+
+
+def canvas_parts(signature: Any) -> tuple[CanvasKind, list[Any], Any]:
     """A signature as a message carries it: ("task", [], None) for a plain task, ("group",
     members, None), ("chord", header members, body), or ("other", [], None)."""
     if not isinstance(signature, dict):
@@ -348,10 +351,8 @@ def canvas_parts(signature: Any) -> tuple[str, list[Any], Any]:
         members = kwargs.get("tasks")
         return "group", members if isinstance(members, list) else [], None
     if kind == "chord":
-        _, members, _ = canvas_parts(kwargs.get("header"))
-        header = kwargs.get("header")
-        if isinstance(header, list):
-            members = header
+        header = kwargs.get("header")  # a group, or (as some producers send it) a list
+        members = header if isinstance(header, list) else canvas_parts(header)[1]
         return "chord", members, kwargs.get("body")
     return "other", [], None
 
