@@ -239,13 +239,12 @@ class RecordResultConsumer(BaseResultConsumer):
     def _leave(self, send: bool = True) -> None:
         """Stop hearing what is no longer awaited (under the lock); `send`: from a thread that
         may wait on Redis."""
-        if not send and self._leaving >= self._channels:
-            self._leaving.clear()
-            self._channels.clear()
-            self._unconfirmed.clear()
-            self._close()
-            return
         if not send:
+            if self._leaving >= self._channels:  # nothing awaited: closing is local
+                self._leaving.clear()
+                self._channels.clear()
+                self._unconfirmed.clear()
+                self._close()
             return
         left = []
         while self._leaving:
