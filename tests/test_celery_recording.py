@@ -692,6 +692,14 @@ def test_a_task_that_expired_before_it_ran_says_so(app, rec):
     assert result.state == "REVOKED"
 
 
+def test_a_task_revoked_with_celerys_own_revoke_says_so(app, rec):
+    result = app.tasks["tests.record_app.plain_add"].apply_async((1, 2), countdown=2)
+    result.revoke()
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert states(events)[-1] == "REVOKED"
+    assert events[-1][1]["error"] == {"type": "TaskRevokedError", "message": "revoked"}
+
+
 def test_get_waits_on_the_tasks_announcements(app, rec):
     # While get() waits it is subscribed to the task's channel, and once answered it is not.
     gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
