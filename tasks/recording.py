@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import redis
 from celery import Celery, current_task
@@ -281,93 +281,90 @@ def message_embed(body: Any) -> dict[str, Any]:
 def ahead_creations(t: Tracking, sent: Change, embed: dict[str, Any]) -> list[Change]:
     """The records to make when `sent` (the creation of a message being published) carries
     later work whose ids Celery has already handed out: its chain's later steps (each the
-    child of the one before; a group's members each the child of the step before the group, a
-    chord's header so too and its body) and its chord's body. Celery sends those messages only
-    when the work before them is done; their records are made now, so that the ids apply_async
-    returned can be followed at once. The backend ends them when a step before them fails, is
-    cancelled or is ignored (RecordBackend._end_chain). A chain nested in a group or chord is
-    left to be recorded when it is sent."""
+    child of the one before, whether a task, a group, a chord or a chain within a group) and
+    its chord's body. Celery sends those messages only when the work before them is done; their
+    records are made now, so that the ids apply_async returned can be followed at once. The
+    backend ends them when a step before them fails, is cancelled or is ignored
+    (RecordBackend._end_chain)."""
     fields = sent.set
     made: list[Change] = []
 
-    def task(signature: Any, parent_id: str | None, group_id: str | None = None) -> str | None:
-        if not isinstance(signature, dict) or signature.get("subtask_type"):
-            return None
-        options = signature.get("options") or {}
-        task_id, name = options.get("task_id"), signature.get("task")
-        if not isinstance(task_id, str) or not isinstance(name, str):
-            return None
-        made.append(
-            creation(
-                t,
-                task_id,
-                name,
-                args=signature.get("args"),
-                kwargs=signature.get("kwargs"),
-                owner=fields.get("owner") or "",
-                queue=options.get("queue"),
-                parent_id=parent_id,
-                root_id=options.get("root_id") or fields.get("root_id"),
-                group_id=options.get("group_id") or group_id,
-                ahead=True,
+    def make(planned: list[Planned]) -> None:
+        for signature, parent_id, group_id in planned:
+            options = signature["options"]
+            made.append(
+                creation(
+                    t,
+                    options["task_id"],
+                    signature["task"],
+                    args=signature.get("args"),
+                    kwargs=signature.get("kwargs"),
+                    owner=fields.get("owner") or "",
+                    queue=options.get("queue"),
+                    parent_id=parent_id,
+                    root_id=options.get("root_id") or fields.get("root_id"),
+                    group_id=options.get("group_id") or group_id,
+                    ahead=True,
+                )
             )
-        )
-        return task_id
-
-    def step(signature: Any, parent_id: str | None) -> str | None:
-        """Record what one step runs; the id the step after it is the child of, or None."""
-        kind, members, body = canvas_parts(signature)
-        if kind == "task":
-            return task(signature, parent_id)
-        if kind == "other":
-            return None
-        group_id = (signature.get("options") or {}).get("task_id")
-        for member in members:
-            task(member, parent_id, group_id if isinstance(group_id, str) else None)
-        return task(body, None) if body is not None else None
 
     parent: str | None = sent.task_id
     for later in reversed(embed.get("chain") or []):
-        parent = step(later, parent)
+        planned, parent = plan(later, parent)
+        make(planned)
         if parent is None:
             break
-    step(embed.get("chord"), None)
+    make(plan(embed.get("chord"), None)[0])
     return made
 
 
-CanvasKind = Literal["task", "group", "chord", "other"]
+# A plain task signature to record ahead, its parent's id and its group's.
+Planned = tuple[dict[str, Any], str | None, str | None]
 
 
-def canvas_parts(signature: Any) -> tuple[CanvasKind, list[Any], Any]:
-    """A signature as a message carries it: ("task", [], None) for a plain task, ("group",
-    members, None), ("chord", header members, body), or ("other", [], None)."""
+def plan(
+    signature: Any, parent_id: str | None, group_id: str | None = None
+) -> tuple[list[Planned], str | None]:
+    """The plain tasks a signature (as a message carries it) will run, each with its parent,
+    and the id of the task whose result the work after it follows (None after a group: its
+    results are several). What has no task id (not yet frozen) is left out."""
     if not isinstance(signature, dict):
-        return "other", [], None
+        return [], None
     kind = signature.get("subtask_type")
-    if not kind:
-        return "task", [], None
     kwargs = signature.get("kwargs") or {}
-    if kind == "group":
-        members = kwargs.get("tasks")
-        return "group", members if isinstance(members, list) else [], None
-    if kind == "chord":
-        header = kwargs.get("header")  # a group, or (as some producers send it) a list
-        members = header if isinstance(header, list) else canvas_parts(header)[1]
-        return "chord", members, kwargs.get("body")
-    return "other", [], None
+    if not kind:
+        options = signature.get("options") or {}
+        task_id = options.get("task_id")
+        if not isinstance(task_id, str) or not isinstance(signature.get("task"), str):
+            return [], None
+        return [({**signature, "options": options}, parent_id, group_id)], task_id
+    if kind == "chain":
+        planned: list[Planned] = []
+        last: str | None = parent_id
+        for step in kwargs.get("tasks") or []:
+            more, last = plan(step, last, group_id)
+            planned += more
+            if last is None:
+                break
+        return planned, last
+    if kind == "group" or kind == "chord":
+        members = kwargs.get("tasks") if kind == "group" else kwargs.get("header")
+        if isinstance(members, dict):  # a chord's header, as a group
+            members = (members.get("kwargs") or {}).get("tasks")
+        own = (signature.get("options") or {}).get("task_id")
+        planned = []
+        for member in members if isinstance(members, list) else []:
+            planned += plan(member, parent_id, own if isinstance(own, str) else None)[0]
+        if kind == "group":
+            return planned, None
+        body, follows = plan(kwargs.get("body"), None)
+        return planned + body, follows
+    return [], None
 
 
 def ahead_ids(signature: Any) -> list[str]:
     """The ids ahead_creations records for one later step of a chain."""
-    kind, members, body = canvas_parts(signature)
-    found = [signature] if kind == "task" else [*members, body]
-    ids = []
-    for one in found:
-        if isinstance(one, dict) and not one.get("subtask_type"):
-            task_id = (one.get("options") or {}).get("task_id")
-            if isinstance(task_id, str):
-                ids.append(task_id)
-    return ids
+    return [planned[0]["options"]["task_id"] for planned in plan(signature, None)[0]]
 
 
 def message_payload(body: Any) -> tuple[Any, Any]:

@@ -281,13 +281,19 @@ def test_a_group_or_chord_inside_a_chain_is_followable_before_it_is_sent(app, re
     gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
     fanned = chain(gated.si(gate, 1), group(add.si(2, 2), add.si(3, 3))).apply_async()
     joined = chain(gated.si(gate, 1), group(add.si(4, 4), add.si(5, 5)), total.s()).apply_async()
-    waiting = [*fanned.results, joined, *joined.parent.results]
+    # A pipeline per member: the group's result is each chain's last step.
+    piped = chain(
+        gated.si(gate, 1), group(chain(add.si(6, 6), add.s(1)), chain(add.si(7, 7), add.s(1)))
+    ).apply_async()
+    waiting = [*fanned.results, joined, *joined.parent.results, *piped.results]
+    waiting += [r.parent for r in piped.results]
     for result in waiting:
         answer = httpx.get(f"{rec.url}/tasks/{result.id}")
         assert answer.status_code == 200, answer.text
         assert answer.json()["state"] == "PENDING"
     open_gate(rec, gate)
-    assert [poll_until_done(rec.url, r.id)["result"] for r in waiting] == [4, 6, 18, 8, 10]
+    got = [poll_until_done(rec.url, r.id)["result"] for r in waiting]
+    assert got == [4, 6, 18, 8, 10, 13, 15, 12, 14]
     recorder = direct_recorder(rec)
     try:
         parents = [recorder.details(r.id)["parent_id"] for r in fanned.results]
@@ -303,7 +309,12 @@ def test_a_group_or_chord_after_a_failed_step_fails_with_it(app, rec):
     joined = chain(
         explode.si("before the chord"), group(add.si(1, 1), add.si(2, 2)), total.s()
     ).apply_async()
-    for result in [*fanned.results, joined, *joined.parent.results]:
+    piped = chain(
+        explode.si("before the pipelines"), group(chain(add.si(1, 1), add.s(1)), add.si(2, 2))
+    ).apply_async()
+    pipeline = piped.results[0]
+    ended = [*fanned.results, joined, *joined.parent.results, *piped.results, pipeline.parent]
+    for result in ended:
         snap = poll_until_done(rec.url, result.id)
         assert (snap["state"], snap["error"]["type"]) == ("FAILURE", "KeyError"), snap
 
