@@ -711,6 +711,20 @@ def test_a_task_revoked_with_celerys_own_revoke_says_so(app, rec):
     assert events[-1][1]["error"] == {"type": "TaskRevokedError", "message": "revoked"}
 
 
+def test_a_running_task_terminated_by_celery_says_so(app, rec):
+    gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
+    result = app.tasks["tests.record_app.gated"].delay(gate, 1)
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{rec.url}/tasks/{result.id}").json()["state"] != "STARTED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result.revoke(terminate=True)
+    events = read_stream(rec.url, result.id, query="?last_event_id=0", timeout=30)
+    assert states(events)[-1] == "REVOKED", states(events)
+    assert events[-1][1]["error"]["type"] == "TaskRevokedError"
+    assert "terminated" in events[-1][1]["error"]["message"]
+
+
 def test_get_waits_on_the_tasks_announcements(app, rec):
     # While get() waits it is subscribed to the task's channel, and once answered it is not.
     gate = f"{rec.prefix}:gate:{uuid.uuid4().hex}"
