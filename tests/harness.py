@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from taskstream.keys import Keys
-from taskstream.record import Change, Recorder, Status, new_task_fields, utcnow
+from taskstream.record import Change, Recorder, Status, ending, new_task_fields, utcnow
 from taskstream.web.launch import (
     PrivateRedis,
     free_port,
@@ -361,6 +361,17 @@ def accept_directly(recorder: Recorder, task: str = "sleep") -> str:
         Change(task_id, new_task_fields(task_id, task, now), create=True, score=time.time(), at=now)
     )
     assert outcome.status is Status.RECORDED
+    return task_id
+
+
+def ended_directly(svc: Service, fields: dict[str, object]) -> str:
+    """A task recorded as accepted, then ended with `fields`, as a worker records its end."""
+    recorder = direct_recorder(svc)
+    try:
+        task_id = accept_directly(recorder)
+        recorder.record(ending(task_id, fields))
+    finally:
+        recorder.client.close()
     return task_id
 
 

@@ -16,11 +16,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import redis
-from celery import chain, chord, group
+from celery import Celery, chain, chord, group
 from celery.exceptions import TaskRevokedError
 from kombu.exceptions import EncodeError, OperationalError
 
@@ -521,15 +522,25 @@ def test_get_learns_the_outcome_announced_while_its_subscription_was_down(tmp_pa
         server.stop()
 
 
-def test_a_chords_body_is_recorded_ahead_once_not_once_per_header_member():
-    # Every header member's message carries the body: recorded for each, a chord of 40 cost its
-    # producer 39 scripts run for nothing.
+@contextmanager
+def producer_on_private_redis(prefix: str) -> Iterator[tuple[Celery, RedisServer]]:
+    """A producer's app (as create_celery makes it) on a redis-server of its own, no worker."""
     import tests.record_app  # noqa: F401  (registers the shared tasks)
 
     server = RedisServer().start()
-    celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix="chord-once"))
+    celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix=prefix))
     try:
         celery.loader.import_default_modules()
+        yield celery, server
+    finally:
+        celery.close()
+        server.stop()
+
+
+def test_a_chords_body_is_recorded_ahead_once_not_once_per_header_member():
+    # Every header member's message carries the body: recorded for each, a chord of 40 cost its
+    # producer 39 scripts run for nothing.
+    with producer_on_private_redis("chord-once") as (celery, server):
         add, total = (
             celery.tasks["tests.record_app.plain_add"],
             celery.tasks["tests.record_app.total"],
@@ -547,20 +558,12 @@ def test_a_chords_body_is_recorded_ahead_once_not_once_per_header_member():
         created = json.loads(client.hget(f"chord-once:task:{body.id}", "state"))
         assert created == "PENDING"
         client.close()
-    finally:
-        celery.close()
-        server.stop()
 
 
 def test_a_result_dropped_while_redis_is_away_does_not_block_its_thread():
     # AsyncResult.__del__ stops waiting on its task: run by the garbage collector in whatever
     # thread it interrupts, it must never wait on the network (a group's members each wait).
-    import tests.record_app  # noqa: F401  (registers the shared tasks)
-
-    server = RedisServer().start()
-    celery = create_celery(Settings.from_env(redis_url=server.url, key_prefix="dropped"))
-    try:
-        celery.loader.import_default_modules()
+    with producer_on_private_redis("dropped") as (celery, server):
         add = celery.tasks["tests.record_app.plain_add"]
         results = [add.delay(i, i) for i in range(3)]
         for result in results:
@@ -571,9 +574,6 @@ def test_a_result_dropped_while_redis_is_away_does_not_block_its_thread():
         results.clear()
         gc.collect()
         assert time.monotonic() - started < 1.0
-    finally:
-        celery.close()
-        server.stop()
 
 
 def test_get_raises_the_tasks_own_exception_with_its_arguments(app, rec):

@@ -23,8 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskstream.client.render import LiveBar
-from taskstream.record import ending
-from tests.harness import accept_directly, direct_recorder, free_port, poll_until_done, submit
+from tests.harness import ended_directly, free_port, poll_until_done, submit
 
 OK, FAILURE, REVOKED, USAGE, UNAVAILABLE = 0, 1, 2, 3, 4
 LINE = re.compile(r"^(?P<state>[A-Z]+)\s+seq=(?P<seq>\d+)\s+(?P<percent>\d+%|-)")
@@ -351,13 +350,8 @@ def test_watching_a_finished_task_shows_its_end(service):
 
 def test_watch_says_why_celery_revoked_a_task(service):
     # Not every REVOKED is a cancel: a task past its `expires` is revoked by Celery itself.
-    recorder = direct_recorder(service)
-    try:
-        task_id = accept_directly(recorder)
-        error = {"type": "TaskRevokedError", "message": "expired"}
-        recorder.record(ending(task_id, {"state": "REVOKED", "error": error}))
-    finally:
-        recorder.client.close()
+    error = {"type": "TaskRevokedError", "message": "expired"}
+    task_id = ended_directly(service, {"state": "REVOKED", "error": error})
     result = taskctl("watch", task_id, url=service.url)
     assert result.returncode == REVOKED
     assert f"task {task_id} was revoked: TaskRevokedError: expired" in result.stderr

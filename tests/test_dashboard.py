@@ -19,13 +19,11 @@ from typing import Any
 import httpx
 
 # Playwright is in the test extra: missing, it is a broken set-up, never a reason to skip.
-from taskstream.record import ending
 from tests.harness import (
     DESKTOP,
     ROOT,
     Service,
-    accept_directly,
-    direct_recorder,
+    ended_directly,
     poll_until_done,
     submit,
 )
@@ -197,13 +195,8 @@ def test_cancel_a_running_task(service: Service, open_page) -> None:
 
 def test_a_task_celery_revoked_shows_why_not_cancelled(service: Service, open_page) -> None:
     page = open_page(service.url + "/")
-    recorder = direct_recorder(service)
-    try:
-        task_id = accept_directly(recorder)
-        error = {"type": "TaskRevokedError", "message": "expired"}
-        recorder.record(ending(task_id, {"state": "REVOKED", "error": error}))
-    finally:
-        recorder.client.close()
+    error = {"type": "TaskRevokedError", "message": "expired"}
+    task_id = ended_directly(service, {"state": "REVOKED", "error": error})
 
     assert wait_for_state(page, task_id, TERMINAL) == "REVOKED"
     text = row(page, task_id).inner_text()
